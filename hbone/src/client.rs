@@ -469,7 +469,7 @@ async fn open_stream(
 ) -> Result<Tunnel, Error> {
     let slot = Slot(conn.clone());
     let dst = request.destination;
-    let connection_error = |source| Error::H2Connection { dst, source };
+    let connection_error = |source: h2::Error| classify_connection_error(dst, source);
     let sender = conn
         .sender
         .clone()
@@ -486,7 +486,7 @@ async fn open_stream(
         .map_err(connection_error)?;
     let response = response.await.map_err(|source| {
         if source.is_go_away() || source.is_io() {
-            Error::H2Connection { dst, source }
+            classify_connection_error(dst, source)
         } else {
             Error::H2Stream {
                 dst,
@@ -510,4 +510,33 @@ async fn open_stream(
         peer_identity: conn.peer_identity.clone(),
         peer_certificate: conn.peer_certificate.clone(),
     })
+}
+
+/// Under TLS 1.3 a server that rejects our certificate says so only after the handshake, as an
+/// alert on the first read: report that as the TLS failure it is, not as a broken connection.
+fn classify_connection_error(dst: SocketAddr, source: h2::Error) -> Error {
+    let alert = source
+        .get_io()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|tls| match tls {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        });
+    // h2 keeps connection-level I/O errors as text (so they can be cloned to every stream):
+    // recognise rustls's alert message there too.
+    let alert = alert.map(|a| format!("{a:?}")).or_else(|| {
+        let text = source.get_io().map(ToString::to_string)?;
+        text.strip_prefix("received fatal alert: ")
+            .map(str::to_string)
+    });
+    match alert {
+        Some(alert) => Error::Tls {
+            dst,
+            reason: format!(
+                "server rejected our certificate (TLS alert {alert}); is our identity issued by the server's mesh CA and trust domain?"
+            ),
+        },
+        None => Error::H2Connection { dst, source },
+    }
 }

@@ -85,6 +85,14 @@ fn request_to(addr: std::net::SocketAddr, authority: String) -> hbone::ConnectRe
     }
 }
 
+/// The server (not the client) refused our certificate: the client reports the server's alert.
+fn assert_server_refused(result: Result<hbone::Tunnel, Error>, what: &str) {
+    match result {
+        Err(Error::Tls { reason, .. }) if reason.contains("server rejected our certificate") => {}
+        other => panic!("{what}: expected the server to reject our certificate, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn handshake_succeeds_with_matching_identities() {
     let ca = TestCa::new("root");
@@ -168,7 +176,7 @@ async fn server_refuses_client_from_foreign_trust_domain() {
     let pool = Pool::new(ClientSettings::default(), cert, Arc::new(DefaultDialer));
     let mut req = request_to(addr, "127.0.0.1:1".to_string());
     req.source = id(foreign);
-    assert!(pool.connect(req).await.is_err());
+    assert_server_refused(pool.connect(req).await, "foreign trust domain");
     assert!(calls.all().is_empty(), "handler must not run");
 }
 
@@ -214,11 +222,9 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
             ..LeafOptions::workload(CLIENT_ID)
         });
         let pool = pool_with(&bad_client, ClientSettings::default());
-        assert!(
-            pool.connect(request_to(addr, "127.0.0.1:1".into()))
-                .await
-                .is_err(),
-            "{label}"
+        assert_server_refused(
+            pool.connect(request_to(addr, "127.0.0.1:1".into())).await,
+            label,
         );
         assert!(calls.all().is_empty(), "{label}");
     }
@@ -231,11 +237,19 @@ async fn certificates_from_another_ca_are_refused_both_ways() {
 
     // Client cert from another CA: server refuses.
     let (addr, calls) = recording_server(&ca, ServerSettings::default()).await;
-    let pool = pool_with(&other.issue(CLIENT_ID), ClientSettings::default());
-    assert!(
-        pool.connect(request_to(addr, "127.0.0.1:1".into()))
-            .await
-            .is_err()
+    // The client trusts the mesh root, but its own certificate comes from another CA.
+    let forged = other.issue(CLIENT_ID);
+    let forged =
+        hbone::WorkloadCertificate::from_pem(&forged.chain_pem, &forged.key_pem, ca.root_pem())
+            .unwrap();
+    let pool = Pool::new(
+        ClientSettings::default(),
+        StaticCertificate::new(forged),
+        Arc::new(DefaultDialer),
+    );
+    assert_server_refused(
+        pool.connect(request_to(addr, "127.0.0.1:1".into())).await,
+        "client certificate from another CA",
     );
     assert!(calls.all().is_empty());
 
@@ -258,10 +272,9 @@ async fn client_certificate_without_client_auth_usage_is_refused() {
         ..LeafOptions::workload(CLIENT_ID)
     });
     let pool = pool_with(&leaf, ClientSettings::default());
-    assert!(
-        pool.connect(request_to(addr, "127.0.0.1:1".into()))
-            .await
-            .is_err()
+    assert_server_refused(
+        pool.connect(request_to(addr, "127.0.0.1:1".into())).await,
+        "no clientAuth usage",
     );
     assert!(calls.all().is_empty());
 }
