@@ -1,0 +1,20 @@
+//! What the control plane serves: the translated state of the cluster at one moment.
+//!
+//! The translator (`translate`) builds a [`Snapshot`] from the Kubernetes objects; the xDS
+//! server diffs consecutive snapshots per type and pushes only what changed. Resource names
+//! are exactly the xDS names istiod uses.
+
+use std::collections::BTreeMap;
+
+use proto::istio::security::Authorization;
+use proto::istio::workload::Address;
+
+/// Every resource the control plane serves, by xDS resource name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// `type.googleapis.com/istio.workload.Address`: workloads by uid
+    /// (`Kubernetes//Pod/<ns>/<name>`), services by `<ns>/<hostname>`.
+    pub addresses: BTreeMap<String, Address>,
+    /// `type.googleapis.com/istio.security.Authorization`: by `<ns>/<name>`.
+    pub authorizations: BTreeMap<String, Authorization>,
+}
