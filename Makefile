@@ -23,7 +23,7 @@ ARGS ?=
 
 step = @printf '\n==> %s\n' "$(1)"
 
-.PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone demo clean distclean
+.PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone demo controlplane-demo clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
@@ -71,6 +71,10 @@ bench-hbone: setup ## HBONE benchmark (hbone/examples/bench.rs); pass options wi
 
 demo: ## HBONE demo (hbone/examples/demo.rs); pass options with ARGS="..."
 	$(CARGO) run --release --locked -p hbone --example demo -- $(ARGS)
+
+controlplane-demo: ## run the local control plane on controlplane/examples/sample (state in target/controlplane-demo)
+	$(CARGO) run --release --locked -p controlplane -- serve --config controlplane/examples/sample \
+		--state-dir target/controlplane-demo --listen 127.0.0.1:15012 $(ARGS)
 
 clean: ## remove build outputs and benchmark results (keeps .venv)
 	$(CARGO) clean
