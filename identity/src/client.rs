@@ -77,50 +77,18 @@ pub enum CaClientError {
     Certificate(#[from] CertError),
 }
 
-/// Where the root certificate that authenticates the CA's TLS server comes from.
-#[derive(Debug, Clone)]
-pub enum RootCert {
-    /// A PEM file (read when the client is built).
-    File(PathBuf),
-    /// Inline PEM text.
-    Pem(String),
+pub use crate::source::{RootCert, TokenSource};
+
+/// Reads the current token (files are re-read on every call: projected tokens rotate).
+async fn read_token(source: &TokenSource) -> Result<Option<String>, CaClientError> {
+    ReadToken(source).read().await
 }
 
-/// Where the bearer token comes from.
-#[derive(Clone)]
-pub enum TokenSource {
-    /// No `authorization` header.
-    None,
-    /// A file, re-read on every request (projected tokens rotate).
-    File(PathBuf),
-    /// A fixed token.
-    Literal(String),
-}
+struct ReadToken<'a>(&'a TokenSource);
 
-impl fmt::Debug for TokenSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenSource::None => f.write_str("None"),
-            TokenSource::File(p) => f.debug_tuple("File").field(p).finish(),
-            TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
-        }
-    }
-}
-
-impl TokenSource {
-    /// `AUTH_TOKEN` semantics: a path if such a file exists, else the literal token.
-    pub fn from_setting(value: &str) -> Self {
-        if value.is_empty() {
-            TokenSource::None
-        } else if std::path::Path::new(value).is_file() {
-            TokenSource::File(value.into())
-        } else {
-            TokenSource::Literal(value.to_string())
-        }
-    }
-
+impl ReadToken<'_> {
     async fn read(&self) -> Result<Option<String>, CaClientError> {
-        let (token, source_name) = match self {
+        let (token, source_name) = match self.0 {
             TokenSource::None => return Ok(None),
             TokenSource::Literal(t) => (t.trim().to_string(), "the configured literal".into()),
             TokenSource::File(path) => {
@@ -329,7 +297,7 @@ impl CaClient {
 
     /// Requests a certificate for `identity` and checks the answer.
     pub async fn fetch(&self, identity: &Identity) -> Result<WorkloadCertificate, CaClientError> {
-        let token = self.token.read().await?;
+        let token = read_token(&self.token).await?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaClientError::Csr(format!("generating a P-256 key: {e}")))?;
         let csr = build_csr(&key, identity)?;
@@ -627,15 +595,15 @@ mod tests {
 
     #[test]
     fn token_setting_is_a_path_when_the_file_exists() {
-        assert!(matches!(TokenSource::from_setting(""), TokenSource::None));
+        assert!(matches!(TokenSource::from_env_value(""), TokenSource::None));
         assert!(matches!(
-            TokenSource::from_setting("/etc/hostname-that-does-not-exist"),
+            TokenSource::from_env_value("/etc/hostname-that-does-not-exist"),
             TokenSource::Literal(_)
         ));
         let path = std::env::temp_dir().join(format!("identity-token-{}", std::process::id()));
         std::fs::write(&path, "t").unwrap();
         assert!(matches!(
-            TokenSource::from_setting(path.to_str().unwrap()),
+            TokenSource::from_env_value(path.to_str().unwrap()),
             TokenSource::File(_)
         ));
         let _ = std::fs::remove_file(path);

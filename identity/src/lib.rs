@@ -25,6 +25,7 @@ pub mod ca;
 pub mod client;
 pub mod manager;
 mod pem;
+pub mod source;
 mod time;
 
 pub use bundle::{BundleError, Roots, TrustBundle};

@@ -8,11 +8,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::envoy::config::core::v3::Node;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 /// Default HTTP/2 PING interval on the xDS connection (ztunnel: 30 s).
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -148,62 +147,7 @@ impl XdsConfig {
     }
 }
 
-/// Trust roots for the xDS server certificate.
-#[derive(Clone, Debug, Serialize)]
-pub enum RootCert {
-    /// A PEM file, re-read on every connection attempt (so a rotated
-    /// `istio-ca-root-cert` ConfigMap is picked up on the next reconnect).
-    File(PathBuf),
-    /// PEM text.
-    Pem(String),
-}
-
-/// Where the bearer token comes from.
-#[derive(Clone, Default)]
-pub enum TokenSource {
-    /// No `authorization` header.
-    #[default]
-    None,
-    /// A file (a projected service-account token), re-read on every
-    /// connection attempt; surrounding whitespace is trimmed.
-    File(PathBuf),
-    /// A literal token.
-    Literal(String),
-}
-
-impl TokenSource {
-    /// ztunnel's `AUTH_TOKEN` rule: a path if that file exists, otherwise a
-    /// literal token; an empty value means no token.
-    pub fn from_env_value(value: &str) -> Self {
-        if value.is_empty() {
-            TokenSource::None
-        } else if std::path::Path::new(value).is_file() {
-            TokenSource::File(PathBuf::from(value))
-        } else {
-            TokenSource::Literal(value.to_string())
-        }
-    }
-}
-
-impl fmt::Debug for TokenSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenSource::None => f.write_str("None"),
-            TokenSource::File(p) => f.debug_tuple("File").field(p).finish(),
-            TokenSource::Literal(_) => f.write_str("Literal(<redacted>)"),
-        }
-    }
-}
-
-impl Serialize for TokenSource {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            TokenSource::None => s.serialize_str("none"),
-            TokenSource::File(p) => s.serialize_str(&format!("file:{}", p.display())),
-            TokenSource::Literal(_) => s.serialize_str("literal:<redacted>"),
-        }
-    }
-}
+pub use identity::source::{RootCert, TokenSource};
 
 /// The node-id type prefix istiod uses to tell proxies apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
