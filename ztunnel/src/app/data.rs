@@ -1,0 +1,220 @@
+//! The data-plane side: proxy instances and where their sockets live.
+//!
+//! * Dedicated mode: one instance for `PROXY_WORKLOAD_INFO`, listening in our own network
+//!   namespace.
+//! * Shared (in-pod) mode: one instance per pod the CNI agent hands over through ZDS, with
+//!   every socket created inside that pod's network namespace and marked.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use identity::manager::CertManager;
+use state::MeshState;
+use tracing::info;
+
+use crate::config::{Config, ProxyMode};
+use crate::inpod::{
+    InPodSocketFactory, ManagerConfig, PodInfo, PodProxyFactory, PodProxyHandle,
+    WorkloadProxyManager,
+};
+use crate::proxy::{
+    DefaultTelemetry, OrigSrc, Ports, Proxy, ProxyHandle, ProxyInputs, ProxySettings, WorkloadInfo,
+};
+use crate::socket::{HostSocketFactory, Keepalive, SocketFactory, TcpSettings};
+
+/// Maps the configuration onto what the data path reads.
+pub fn proxy_settings(config: &Config) -> ProxySettings {
+    let mut pool = hbone::ClientSettings {
+        max_streams_per_connection: u32::from(config.pool_max_streams_per_conn),
+        idle_timeout: config.pool_unused_release_timeout,
+        ..hbone::ClientSettings::default()
+    };
+    let mut server = hbone::ServerSettings::default();
+    for h2 in [&mut pool.h2, &mut server.h2] {
+        h2.stream_window = config.http2.stream_window_size;
+        h2.connection_window = config.http2.connection_window_size;
+        h2.frame_size = config.http2.frame_size;
+    }
+    pool.tls.allow_tls12 = config.tls12_enabled;
+    server.tls.allow_tls12 = config.tls12_enabled;
+    let socket = &config.socket;
+    ProxySettings {
+        ipv6: config.ipv6_enabled,
+        ports: Ports::default(),
+        illegal_ports: config.illegal_ports(),
+        orig_src: match config.require_original_source {
+            // Dedicated mode has no in-pod rules routing replies back to a transparent socket,
+            // so preserving the client's address is only done when asked for explicitly.
+            None if config.proxy_mode == ProxyMode::Dedicated => OrigSrc::Never,
+            None => OrigSrc::Auto,
+            Some(true) => OrigSrc::Required,
+            Some(false) => OrigSrc::Never,
+        },
+        tcp: TcpSettings {
+            keepalive: socket.keepalive_enabled.then_some(Keepalive {
+                time: socket.keepalive_time,
+                interval: socket.keepalive_interval,
+                retries: socket.keepalive_retries,
+            }),
+            user_timeout: socket.user_timeout_enabled,
+        },
+        termination_deadline: config.termination_deadline,
+        response_baggage: config.enable_response_baggage,
+        authz_info_logging: config.authz_policy_info_logging,
+        network: config.network.clone(),
+        pool,
+        server,
+        ..ProxySettings::default()
+    }
+}
+
+/// The running data plane.
+pub enum DataPlane {
+    Dedicated(ProxyHandle),
+    Shared(tokio::task::JoinHandle<()>),
+    Disabled,
+}
+
+struct PodProxies {
+    state: Arc<MeshState>,
+    certs: CertManager,
+    settings: ProxySettings,
+    trust_domain: String,
+}
+
+impl PodProxyFactory for PodProxies {
+    fn start(
+        &self,
+        pod: PodInfo,
+        sockets: Arc<InPodSocketFactory>,
+    ) -> futures_util::future::BoxFuture<'static, Result<PodProxyHandle, String>> {
+        let workload = WorkloadInfo {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            trust_domain: self.trust_domain.clone(),
+        };
+        self.certs.prefetch(&workload.identity());
+        let inputs = ProxyInputs {
+            state: self.state.clone(),
+            certs: Arc::new(self.certs.clone()),
+            sockets: sockets as Arc<dyn SocketFactory>,
+            workload,
+            settings: self.settings.clone(),
+            telemetry: Arc::new(DefaultTelemetry),
+        };
+        async move {
+            let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
+            info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid, "pod proxy started");
+            Ok(PodProxyHandle::new(move |deadline: Duration| {
+                handle.drain(deadline).boxed()
+            }))
+        }
+        .boxed()
+    }
+}
+
+/// Starts the data plane for the configured mode. `manager_ready` is told when shared mode's
+/// pod snapshot has been applied (and again when it is lost).
+pub fn start(
+    config: &Config,
+    state: Arc<MeshState>,
+    certs: CertManager,
+    shutdown: meshcore::drain::DrainWatch,
+    manager_ready: crate::admin::ReadyTask,
+    cert_ready: crate::admin::ReadyTask,
+) -> Result<DataPlane, String> {
+    if !config.proxy {
+        manager_ready.mark_ready();
+        cert_ready.mark_ready();
+        return Ok(DataPlane::Disabled);
+    }
+    let settings = proxy_settings(config);
+    match config.proxy_mode {
+        ProxyMode::Dedicated => {
+            let info = config
+                .proxy_workload_info
+                .clone()
+                .ok_or("dedicated mode needs PROXY_WORKLOAD_INFO")?;
+            let workload = WorkloadInfo {
+                name: info.name,
+                namespace: info.namespace,
+                service_account: info.service_account,
+                trust_domain: config.trust_domain.clone(),
+            };
+            let identity = workload.identity();
+            certs.prefetch(&identity);
+            // Ready only once the workload can present its certificate.
+            let waiting = certs.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(200);
+                loop {
+                    match hbone::CertificateSource::certificate(&waiting, &identity).await {
+                        Ok(_) => {
+                            cert_ready.mark_ready();
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%identity, error = %e, "workload certificate not available yet");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+            let inputs = ProxyInputs {
+                state,
+                certs: Arc::new(certs),
+                sockets: Arc::new(HostSocketFactory {
+                    mark: config.packet_mark,
+                }),
+                workload,
+                settings,
+                telemetry: Arc::new(DefaultTelemetry),
+            };
+            let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
+            manager_ready.mark_ready();
+            Ok(DataPlane::Dedicated(handle))
+        }
+        ProxyMode::Shared => {
+            // Pods get certificates as they are added; readiness follows the ZDS snapshot.
+            cert_ready.mark_ready();
+            let mark = config.packet_mark.unwrap_or(1337);
+            crate::inpod::startup_check(mark).map_err(|e| e.to_string())?;
+            let mut manager_config = ManagerConfig::new(&config.inpod_uds);
+            manager_config.packet_mark = Some(mark);
+            manager_config.reuse_port = config.inpod_port_reuse;
+            manager_config.shutdown_drain_timeout = config.termination_deadline;
+            let factory = PodProxies {
+                state,
+                certs,
+                settings,
+                trust_domain: config.trust_domain.clone(),
+            };
+            let manager = WorkloadProxyManager::new(manager_config, Arc::new(factory));
+            let mut ready = manager.readiness();
+            tokio::spawn(async move {
+                loop {
+                    if *ready.borrow_and_update() {
+                        manager_ready.mark_ready();
+                    } else {
+                        manager_ready.mark_pending();
+                    }
+                    if ready.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let task = tokio::spawn(async move {
+                let stop = async move {
+                    shutdown.wait_for_drain().await;
+                };
+                if let Err(e) = manager.run(stop).await {
+                    tracing::error!(error = %e, "the workload proxy manager stopped; pods on this node are no longer proxied");
+                }
+            });
+            Ok(DataPlane::Shared(task))
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Wiring for the `ztunnel` binary: configuration → telemetry → control plane (state and
+//! certificates) → data plane (proxies) → admin endpoints → wait for shutdown → drain.
+//!
+//! Runtime: one multi-threaded tokio runtime with `ZTUNNEL_WORKER_THREADS` workers runs
+//! everything; the in-pod socket creation uses its own small pool of OS threads (they switch
+//! network namespaces, which must never happen on a runtime thread).
+
+pub mod control;
+pub mod data;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use meshcore::drain::{Shutdown, ShutdownSignals};
+use meshcore::telemetry::{LogHandle, Prometheus, init_tracing};
+use tracing::{error, info, warn};
+
+use crate::admin::{AdminState, Readiness, start_admin, start_readiness, start_stats};
+use crate::config::Config;
+
+/// Runs the node proxy; returns the process exit code.
+pub fn main() -> ExitCode {
+    let config = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ztunnel: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log = match init_tracing(config.log_format, &config.log_filter) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!(
+                "ztunnel: cannot set up logging (RUST_LOG={}): {e}",
+                config.log_filter
+            );
+            return ExitCode::from(2);
+        }
+    };
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads.max(1))
+        .thread_name("ztunnel-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, log)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit (every proxied connection is two fds).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open-files limit"),
+    }
+}
+
+async fn run(config: Config, log: LogHandle) -> Result<(), String> {
+    let printed = serde_json::to_string_pretty(&config).unwrap_or_default();
+    info!("starting ztunnel with effective configuration:\n{printed}");
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
+    let config = Arc::new(config);
+    let prometheus = Prometheus::install().map_err(|e| format!("metrics: {e}"))?;
+    crate::proxy::DefaultTelemetry::describe();
+    let mut signals =
+        ShutdownSignals::install().map_err(|e| format!("cannot watch for signals: {e}"))?;
+    let (drain, watch) = meshcore::drain::channel();
+
+    let readiness = Readiness::default();
+    let state_ready = readiness.register("state manager");
+    let proxy_ready = readiness.register(match config.proxy_mode {
+        crate::config::ProxyMode::Shared => "workload proxy manager",
+        crate::config::ProxyMode::Dedicated => "proxy",
+    });
+    let cert_ready = readiness.register("workload certificate");
+
+    let control = control::start(&config, state_ready)
+        .await
+        .map_err(|e| e.to_string())?;
+    let data = data::start(
+        &config,
+        control.state.clone(),
+        control.certs.clone(),
+        watch.clone(),
+        proxy_ready,
+        cert_ready,
+    )
+    .map_err(|e| format!("cannot start the proxy: {e}"))?;
+
+    let dump_state = control.state.clone();
+    let dump_certs = control.certs.clone();
+    let dump_xds = control.xds.clone();
+    let admin = AdminState {
+        config: config.clone(),
+        config_dump: Arc::new(move || {
+            let mut dump = dump_state.config_dump();
+            if let Some(obj) = dump.as_object_mut() {
+                obj.insert(
+                    "certificates".into(),
+                    serde_json::to_value(dump_certs.snapshot()).unwrap_or_default(),
+                );
+                if let Some(xds) = &dump_xds {
+                    obj.insert(
+                        "xds".into(),
+                        serde_json::to_value(xds.dump()).unwrap_or_default(),
+                    );
+                }
+            }
+            dump
+        }),
+        log,
+        drain: drain.clone(),
+    };
+    let _admin = start_admin(admin, watch.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let _stats = start_stats(
+        &config.stats_addr,
+        prometheus,
+        config.istio_version.as_deref(),
+        watch.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ready = start_readiness(&config.readiness_addr, readiness, watch.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    tokio::select! {
+        signal = signals.recv() => info!(?signal, "shutting down"),
+        _ = watch.wait_for_drain() => info!("shutting down (requested through /quitquitquit)"),
+    }
+    let deadline = config.termination_deadline;
+    drain.start_drain(deadline);
+    let graceful = async {
+        match data {
+            data::DataPlane::Dedicated(handle) => handle.drain(deadline).await,
+            data::DataPlane::Shared(task) => {
+                let _ = task.await;
+            }
+            data::DataPlane::Disabled => {}
+        }
+    };
+    tokio::select! {
+        _ = graceful => info!("drained"),
+        signal = signals.recv() => {
+            if signal == Shutdown::Forced {
+                warn!("second interrupt: exiting without waiting for connections");
+            }
+        }
+    }
+    if let Some(xds) = &control.xds {
+        xds.shutdown();
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Outbound (15001): connections the application opened, captured by the redirect rules.
+//!
+//! The decision is made by [`state::resolve_outbound`]; [`plan_outbound`] turns it into an
+//! [`OutboundPlan`] (what to dial, with which headers and expected identities, and the
+//! telemetry context) without I/O, and [`connect_request`] builds the HBONE request. Then
+//! [`handle`] does the I/O.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hbone::headers::{Forwarded, TraceParent, apply_request_headers};
+use hbone::{ConnectRequest, Identity};
+use state::{Decision, DestinationInfo, Workload};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, warn};
+
+use super::error::ProxyError;
+use super::io::{ByteCounts, Counted, Side};
+use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
+use super::{ProxyCtx, baggage_of, close_requested, stopped};
+use crate::socket::{self, canonical};
+
+/// How to carry one outbound connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundRoute {
+    /// Plain TCP to `target` (passthrough, or a non-HBONE workload).
+    Tcp { target: SocketAddr },
+    /// An HBONE tunnel.
+    Hbone {
+        /// `<ip>:15008` of the destination (or its waypoint).
+        hbone_addr: SocketAddr,
+        /// The CONNECT `:authority`.
+        authority: String,
+        /// Identities the server may present.
+        expected: Vec<Identity>,
+        /// `host=` of the `forwarded` header (the service the client addressed).
+        forwarded_host: Option<String>,
+    },
+    /// Close the application's connection.
+    Fail(OutboundFailure),
+}
+
+/// Why an outbound connection is closed without being proxied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundFailure {
+    /// A loopback destination on one of our own ports (logged as `connection failed`).
+    Refused {
+        dst: SocketAddr,
+    },
+    NoHealthyUpstream {
+        service: String,
+        port: u16,
+    },
+    UnknownWaypoint {
+        waypoint: String,
+    },
+    /// The upstream has only a hostname (on-demand DNS is not implemented).
+    NeedsDns {
+        hostname: String,
+    },
+    /// Double HBONE through a network gateway (not implemented).
+    NetworkGateway {
+        gateway: SocketAddr,
+    },
+}
+
+impl From<OutboundFailure> for ProxyError {
+    fn from(f: OutboundFailure) -> Self {
+        match f {
+            OutboundFailure::Refused { dst } => ProxyError::IllegalPort { dst },
+            OutboundFailure::NoHealthyUpstream { service, port } => {
+                ProxyError::NoHealthyUpstream { service, port }
+            }
+            OutboundFailure::UnknownWaypoint { waypoint } => ProxyError::UnknownWaypoint(waypoint),
+            OutboundFailure::NeedsDns { hostname } => ProxyError::DnsUnsupported { hostname },
+            OutboundFailure::NetworkGateway { gateway } => {
+                ProxyError::NetworkGatewayUnsupported { gateway }
+            }
+        }
+    }
+}
+
+/// What to do with one outbound connection, decided before any I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundPlan {
+    pub route: OutboundRoute,
+    pub ctx: ConnectionContext,
+}
+
+/// Turns the state's decision into a plan. `client` is the application's address, `dst` the
+/// original destination.
+pub fn plan_outbound(
+    decision: Decision,
+    source: &Workload,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> OutboundPlan {
+    let mut ctx = ConnectionContext {
+        direction: Direction::Outbound,
+        src_addr: client,
+        dst_addr: dst,
+        hbone_target: None,
+        source: Some(PeerInfo::from(source)),
+        source_identity: None,
+        destination: None,
+        destination_identity: None,
+        destination_service: None,
+        security: SecurityPolicy::Unknown,
+    };
+    let describe = |ctx: &mut ConnectionContext, dest: &DestinationInfo| {
+        ctx.destination = dest.workload.as_deref().map(PeerInfo::from);
+        ctx.destination_service = dest.service.as_deref().map(ServiceInfo::from);
+    };
+    let hbone = |ctx: &mut ConnectionContext,
+                 dest: &DestinationInfo,
+                 hbone_addr: SocketAddr,
+                 authority: String,
+                 expected: Vec<Identity>| {
+        describe(ctx, dest);
+        ctx.dst_addr = hbone_addr;
+        ctx.hbone_target = Some(authority.clone());
+        ctx.source_identity = Some(source.identity.clone());
+        ctx.destination_identity = dest.workload.as_ref().map(|w| w.identity.clone());
+        ctx.security = SecurityPolicy::MutualTls;
+        OutboundRoute::Hbone {
+            hbone_addr,
+            authority,
+            expected,
+            forwarded_host: dest.service.as_ref().map(|s| s.hostname.clone()),
+        }
+    };
+    let route = match decision {
+        Decision::Refused { .. } => OutboundRoute::Fail(OutboundFailure::Refused { dst }),
+        Decision::Passthrough { target } => {
+            ctx.dst_addr = target;
+            OutboundRoute::Tcp { target }
+        }
+        Decision::NoHealthyUpstream { service, port } => {
+            ctx.destination_service = Some(ServiceInfo::from(&*service));
+            OutboundRoute::Fail(OutboundFailure::NoHealthyUpstream {
+                service: service.hostname.clone(),
+                port,
+            })
+        }
+        Decision::UnknownWaypoint { waypoint } => {
+            OutboundRoute::Fail(OutboundFailure::UnknownWaypoint {
+                waypoint: waypoint.destination.to_string(),
+            })
+        }
+        Decision::ViaWaypoint {
+            gateway,
+            authority,
+            dest,
+            ..
+        } => hbone(
+            &mut ctx,
+            &dest,
+            gateway.hbone_addr,
+            authority.to_string(),
+            gateway.expected_identities,
+        ),
+        Decision::ViaNetworkGateway { gateway, dest, .. } => {
+            describe(&mut ctx, &dest);
+            OutboundRoute::Fail(OutboundFailure::NetworkGateway {
+                gateway: gateway.hbone_addr,
+            })
+        }
+        Decision::NeedsDns { hostname, dest, .. } => {
+            describe(&mut ctx, &dest);
+            OutboundRoute::Fail(OutboundFailure::NeedsDns { hostname })
+        }
+        Decision::Hbone {
+            target,
+            hbone_addr,
+            expected_identities,
+            dest,
+        } => hbone(
+            &mut ctx,
+            &dest,
+            hbone_addr,
+            target.to_string(),
+            expected_identities,
+        ),
+        Decision::Tcp { target, dest } => {
+            describe(&mut ctx, &dest);
+            ctx.dst_addr = target;
+            OutboundRoute::Tcp { target }
+        }
+    };
+    OutboundPlan { route, ctx }
+}
+
+/// The HBONE request for an [`OutboundRoute::Hbone`]: our workload's identity, `forwarded`
+/// with the client address (and the service host), the source's `baggage`, a random
+/// `traceparent`. The pool key includes the client IP.
+pub fn connect_request(
+    source: &Workload,
+    client: SocketAddr,
+    hbone_addr: SocketAddr,
+    authority: String,
+    expected: Vec<Identity>,
+    forwarded_host: Option<&str>,
+) -> ConnectRequest {
+    let mut forwarded = Forwarded::new(client);
+    if let Some(host) = forwarded_host {
+        forwarded = forwarded.with_host(host);
+    }
+    let mut headers = http::HeaderMap::new();
+    apply_request_headers(
+        &mut headers,
+        Some(&forwarded),
+        Some(&baggage_of(source)),
+        Some(&TraceParent::random()),
+    );
+    ConnectRequest {
+        source: source.identity.clone(),
+        expected,
+        destination: hbone_addr,
+        source_ip: Some(client.ip()),
+        authority,
+        headers,
+    }
+}
+
+/// Accepts until `stop` turns true.
+pub(crate) async fn serve(
+    ctx: Arc<ProxyCtx>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let span = tracing::debug_span!("outbound", src = %canonical(peer));
+                    tokio::spawn(handle(ctx.clone(), tcp, peer).instrument(span));
+                }
+                Err(e) => {
+                    warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Proxies one accepted outbound connection.
+pub(crate) async fn handle(ctx: Arc<ProxyCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let client = canonical(peer);
+    if let Err(e) = ctx.settings.tcp.apply(&tcp) {
+        debug!(error = %e, "could not set socket options on accepted connection");
+    }
+    let dst = match socket::original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            ctx.failed(
+                Direction::Outbound,
+                client,
+                None,
+                &ProxyError::OriginalDst(e),
+            );
+            return;
+        }
+    };
+    if dst.ip().is_loopback() && ctx.settings.illegal_ports.contains(&dst.port()) {
+        ctx.failed(
+            Direction::Outbound,
+            client,
+            Some(dst),
+            &ProxyError::IllegalPort { dst },
+        );
+        return;
+    }
+    let source = match ctx.local_workload().await {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.failed(Direction::Outbound, client, Some(dst), &e);
+            return;
+        }
+    };
+    let decision = {
+        let view = ctx.state.read();
+        state::resolve_outbound(&view, &source, dst, &mut rand::rng())
+    };
+    debug!(%dst, ?decision, "outbound decision");
+    let OutboundPlan { route, ctx: conn } = plan_outbound(decision, &source, client, dst);
+    if let OutboundRoute::Fail(f @ OutboundFailure::Refused { .. }) = route {
+        ctx.failed(Direction::Outbound, client, Some(dst), &f.into());
+        return;
+    }
+    ctx.telemetry.opened(&conn);
+    let mut reg = ctx.tracker.register(None);
+    let counts = Arc::new(ByteCounts::default());
+    let result = tokio::select! {
+        r = proxy(&ctx, route, &source, client, tcp, &counts) => r,
+        e = close_requested(&mut reg) => Err(e),
+    };
+    ctx.closed(&conn, started, &counts, &result);
+}
+
+async fn proxy(
+    ctx: &ProxyCtx,
+    route: OutboundRoute,
+    source: &Workload,
+    client: SocketAddr,
+    tcp: TcpStream,
+    counts: &Arc<ByteCounts>,
+) -> Result<(), ProxyError> {
+    match route {
+        OutboundRoute::Fail(f) => Err(f.into()),
+        OutboundRoute::Tcp { target } => {
+            let mut upstream = ctx.connector.connect(target).await?;
+            let mut downstream = Counted::new(tcp, counts.clone(), Side::Client);
+            tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                .await
+                .map_err(ProxyError::Io)?;
+            Ok(())
+        }
+        OutboundRoute::Hbone {
+            hbone_addr,
+            authority,
+            expected,
+            forwarded_host,
+        } => {
+            let request = connect_request(
+                source,
+                client,
+                hbone_addr,
+                authority,
+                expected,
+                forwarded_host.as_deref(),
+            );
+            let tunnel = ctx.pool.connect(request).await?;
+            let mut tcp = tcp;
+            let (r, w) = tcp.split();
+            hbone::copy_bidirectional(
+                Counted::new(r, counts.clone(), Side::Client),
+                Counted::new(w, counts.clone(), Side::Client),
+                tunnel.stream,
+            )
+            .await
+            .map_err(ProxyError::Io)?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Plaintext inbound (15006): connections from outside the mesh, redirected to us.
+//!
+//! Original destination (REDIRECT: `SO_ORIGINAL_DST`; TPROXY: the local address) → illegal
+//! port ⇒ drop → the local workload must own the destination IP → RBAC with **no** identity
+//! (so a STRICT policy denies) ⇒ close → connect with the client's source IP → copy.
+//! Telemetry: `connection_security_policy="unknown"`, source workload looked up by IP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use state::{MeshView, Workload};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, warn};
+
+use super::error::ProxyError;
+use super::inbound::{authorize, inbound_service};
+use super::io::{ByteCounts, Counted, Side};
+use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
+use super::tracker::AuthzSubject;
+use super::{ProxyCtx, close_requested, stopped};
+use crate::socket::{self, canonical};
+
+/// What to do with a plaintext inbound connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaintextPlan {
+    /// The original destination (the application).
+    pub upstream: SocketAddr,
+    pub subject: AuthzSubject,
+    /// `Some(reason)` when RBAC denies.
+    pub denied: Option<String>,
+    pub ctx: ConnectionContext,
+}
+
+/// Decides about a plaintext connection from `client` to the original destination `dst`.
+pub fn decide_plaintext(
+    view: &MeshView<'_>,
+    local: &Workload,
+    network: &str,
+    illegal_ports: &[u16],
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Result<PlaintextPlan, ProxyError> {
+    if illegal_ports.contains(&dst.port()) {
+        return Err(ProxyError::IllegalPort { dst });
+    }
+    if !local.addresses.contains(&dst.ip()) {
+        return Err(ProxyError::NotLocal {
+            ip: dst.ip(),
+            uid: local.uid.clone(),
+        });
+    }
+    let subject = AuthzSubject {
+        src_identity: None,
+        src_ip: client.ip(),
+        dst_ip: dst.ip(),
+        dst_port: dst.port(),
+        dst_workload_uid: local.uid.clone(),
+    };
+    let denied = authorize(view, local, &subject);
+    let ctx = ConnectionContext {
+        direction: Direction::Inbound,
+        src_addr: client,
+        dst_addr: dst,
+        hbone_target: None,
+        source: view
+            .workload_by_ip(network, client.ip())
+            .map(|w| PeerInfo::from(&*w)),
+        source_identity: None,
+        destination: Some(PeerInfo::from(local)),
+        destination_identity: None,
+        destination_service: inbound_service(view, local, None, dst.port())
+            .as_deref()
+            .map(ServiceInfo::from),
+        security: SecurityPolicy::Unknown,
+    };
+    Ok(PlaintextPlan {
+        upstream: dst,
+        subject,
+        denied,
+        ctx,
+    })
+}
+
+/// Accepts until `stop` turns true.
+pub(crate) async fn serve(
+    ctx: Arc<ProxyCtx>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let span = tracing::debug_span!("inbound_plaintext", src = %canonical(peer));
+                    tokio::spawn(handle(ctx.clone(), tcp, peer).instrument(span));
+                }
+                Err(e) => {
+                    warn!(error = %e, "plaintext inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+pub(crate) async fn handle(ctx: Arc<ProxyCtx>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let client = canonical(peer);
+    if let Err(e) = ctx.settings.tcp.apply(&tcp) {
+        debug!(error = %e, "could not set socket options on accepted connection");
+    }
+    let dst = match socket::original_dst(&tcp) {
+        Ok(d) => d,
+        Err(e) => {
+            ctx.failed(
+                Direction::Inbound,
+                client,
+                None,
+                &ProxyError::OriginalDst(e),
+            );
+            return;
+        }
+    };
+    if ctx.settings.illegal_ports.contains(&dst.port()) {
+        ctx.failed(
+            Direction::Inbound,
+            client,
+            Some(dst),
+            &ProxyError::IllegalPort { dst },
+        );
+        return;
+    }
+    let local = match ctx.local_workload().await {
+        Ok(w) => w,
+        Err(e) => {
+            ctx.failed(Direction::Inbound, client, Some(dst), &e);
+            return;
+        }
+    };
+    let decided = {
+        let view = ctx.state.read();
+        let s = &ctx.settings;
+        decide_plaintext(&view, &local, &s.network, &s.illegal_ports, client, dst)
+    };
+    let plan = match decided {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.failed(Direction::Inbound, client, Some(dst), &e);
+            return;
+        }
+    };
+    ctx.telemetry.opened(&plan.ctx);
+    let counts = Arc::new(ByteCounts::default());
+    if let Some(reason) = plan.denied {
+        debug!(%reason, "plaintext connection denied");
+        ctx.closed(
+            &plan.ctx,
+            started,
+            &counts,
+            &Err(ProxyError::Denied { reason }),
+        );
+        return;
+    }
+    let mut reg = ctx.tracker.register(Some(plan.subject.clone()));
+    let result = tokio::select! {
+        r = async {
+            let mut upstream = ctx.connector.connect_as(plan.upstream, client.ip()).await?;
+            let mut downstream = Counted::new(tcp, counts.clone(), Side::Client);
+            tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                .await
+                .map_err(ProxyError::Io)?;
+            Ok(())
+        } => r,
+        e = close_requested(&mut reg) => Err(e),
+    };
+    ctx.closed(&plan.ctx, started, &counts, &result);
+}

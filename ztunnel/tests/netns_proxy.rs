@@ -1,0 +1,938 @@
+//! End-to-end tests of the data path between two "nodes" (network namespaces joined by a veth
+//! pair), each running a dedicated-mode proxy instance on a tokio runtime whose thread entered
+//! the node's namespace, so `HostSocketFactory` creates every socket there.
+//!
+//! Client node: the application's outbound TCP is redirected to 15001 (`iptables -t nat
+//! OUTPUT`, excluding mark 1337 — the proxy's own sockets — and loopback). Server node: inbound
+//! TCP except 15008 is redirected to 15006; an echo application on 8080 first writes the peer
+//! IP it sees; a policy route sends the application's replies back to the proxy's transparent
+//! sockets so the original source IP can be preserved. `iptables -t mangle` counters on the
+//! server's veth show what crossed the wire.
+//!
+//! Needs root, iproute2 and iptables; fails (never skips) when they are missing.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::{Identity, StaticCertificate};
+use mesh_testing::TestCa;
+use nix::sched::CloneFlags;
+use parking_lot::Mutex;
+use state::MeshState;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use ztunnel::proxy::io::{Connector, FactoryDialer};
+use ztunnel::proxy::{
+    ConnectionContext, DefaultTelemetry, Direction, EarlyFailure, OrigSrc, Outcome, Proxy,
+    ProxyHandle, ProxyInputs, ProxySettings, ResponseFlag, SecurityPolicy, TelemetrySink,
+    WorkloadInfo, telemetry,
+};
+use ztunnel::socket::{HostSocketFactory, SocketFactory};
+
+const MARK: u32 = 1337;
+const APP_PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd} (install iproute2/iptables, run as root): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "`{cmd} {}` failed (these tests need root, iproute2 and iptables): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(name: &str) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run("ip", &["netns", "add", name]);
+        Netns { name: name.into() }
+    }
+
+    /// Runs a whitespace-separated command inside the namespace.
+    fn exec(&self, cmd: &str) -> String {
+        let mut all = vec!["netns", "exec", &self.name];
+        all.extend(cmd.split_whitespace());
+        run("ip", &all)
+    }
+
+    /// `ip -n <ns> <cmd>`.
+    fn ip(&self, cmd: &str) -> String {
+        let mut all = vec!["-n", &self.name];
+        all.extend(cmd.split_whitespace());
+        run("ip", &all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A current-thread tokio runtime on a thread inside a namespace.
+struct Node {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    fn new(ns: &Netns) -> Self {
+        let path = format!("/var/run/netns/{}", ns.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            tx.send(rt.handle().clone()).expect("send handle");
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        let handle = rx.recv().expect("node runtime started");
+        Node {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` inside the node's namespace.
+    async fn run<F>(&self, f: F) -> F::Output
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(f).await.expect("node task panicked")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Opened(ConnectionContext),
+    Closed(ConnectionContext, Outcome),
+    Failed(EarlyFailure),
+}
+
+/// Records every telemetry event (and still emits the default metrics and access logs).
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+}
+
+impl TelemetrySink for Recorder {
+    fn opened(&self, ctx: &ConnectionContext) {
+        DefaultTelemetry.opened(ctx);
+        self.events.lock().push(Event::Opened(ctx.clone()));
+    }
+    fn closed(&self, ctx: &ConnectionContext, outcome: &Outcome) {
+        DefaultTelemetry.closed(ctx, outcome);
+        self.events
+            .lock()
+            .push(Event::Closed(ctx.clone(), outcome.clone()));
+    }
+    fn failed(&self, failure: &EarlyFailure) {
+        DefaultTelemetry.failed(failure);
+        self.events.lock().push(Event::Failed(failure.clone()));
+    }
+}
+
+impl Recorder {
+    /// Waits for the `n`-th (1-based) closed event.
+    async fn closed(&self, n: usize) -> (ConnectionContext, Outcome) {
+        for _ in 0..200 {
+            let found = self
+                .events
+                .lock()
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Closed(c, o) => Some((c.clone(), o.clone())),
+                    _ => None,
+                })
+                .nth(n - 1);
+            if let Some(f) = found {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no closed event #{n}; events: {:#?}", self.events.lock());
+    }
+
+    async fn failed(&self, n: usize) -> EarlyFailure {
+        for _ in 0..200 {
+            let found = self
+                .events
+                .lock()
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Failed(f) => Some(f.clone()),
+                    _ => None,
+                })
+                .nth(n - 1);
+            if let Some(f) = found {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no failed event #{n}; events: {:#?}", self.events.lock());
+    }
+
+    fn count_opened(&self, direction: Direction) -> usize {
+        self.events
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, Event::Opened(c) if c.direction == direction))
+            .count()
+    }
+}
+
+fn mesh_yaml(net: u8) -> String {
+    format!(
+        r#"
+workloads:
+- uid: Kubernetes//Pod/mesh/client-0
+  name: client-0
+  namespace: mesh
+  serviceAccount: client
+  trustDomain: cluster.local
+  workloadIps: ["10.77.{net}.1"]
+  protocol: HBONE
+  workloadName: client
+  canonicalName: client
+  canonicalRevision: v1
+  clusterId: Kubernetes
+  services: {{}}
+- uid: Kubernetes//Pod/mesh/server-0
+  name: server-0
+  namespace: mesh
+  serviceAccount: server
+  trustDomain: cluster.local
+  workloadIps: ["10.77.{net}.2"]
+  protocol: HBONE
+  workloadName: server
+  canonicalName: server
+  canonicalRevision: v2
+  clusterId: Kubernetes
+  services:
+    "mesh/echo.mesh.svc.cluster.local": {{80: {APP_PORT}}}
+services:
+- name: echo
+  namespace: mesh
+  hostname: echo.mesh.svc.cluster.local
+  vips: ["/10.96.{net}.5"]
+  ports: {{80: {APP_PORT}}}
+"#
+    )
+}
+
+const DENY_ALL: &str = r#"
+policies:
+- name: gate
+  namespace: mesh
+  scope: Namespace
+  action: Allow
+  dryRun: false
+  rules: []
+"#;
+
+const ALLOW_CLIENT: &str = r#"
+policies:
+- name: gate
+  namespace: mesh
+  scope: Namespace
+  action: Allow
+  dryRun: false
+  rules:
+  - - - principals: [!Exact cluster.local/ns/mesh/sa/client]
+"#;
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "mesh", sa)
+}
+
+/// Two nodes, their proxies, the server application and the shared mesh state.
+struct Lab {
+    net: u8,
+    state: Arc<MeshState>,
+    client_cert: Arc<StaticCertificate>,
+    client_sink: Arc<Recorder>,
+    server_sink: Arc<Recorder>,
+    client_proxy: Option<ProxyHandle>,
+    server_proxy: Option<ProxyHandle>,
+    // Dropped after the proxies (fields drop in order): runtimes, then namespaces.
+    client: Node,
+    server: Node,
+    server_ns: Netns,
+    _client_ns: Netns,
+}
+
+impl Lab {
+    async fn new(tag: &str, net: u8) -> Lab {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info,access=debug,ztunnel=debug")
+            .try_init();
+        let client_ns = Netns::new(&format!("ztp-{tag}-c"));
+        let server_ns = Netns::new(&format!("ztp-{tag}-s"));
+        let (c_ip, s_ip) = (format!("10.77.{net}.1"), format!("10.77.{net}.2"));
+        let s_name = &server_ns.name;
+        client_ns.ip(&format!(
+            "link add eth0 type veth peer name eth0 netns {s_name}"
+        ));
+        for (ns, ip) in [(&client_ns, &c_ip), (&server_ns, &s_ip)] {
+            ns.ip(&format!("addr add {ip}/24 dev eth0"));
+            ns.ip("link set eth0 up");
+            ns.ip("link set lo up");
+            ns.ip("route add default dev eth0");
+        }
+        // Client node: capture the application's outbound TCP, except the proxy's own
+        // (marked) sockets and loopback.
+        for rule in [
+            format!("-t nat -A OUTPUT -p tcp -m mark --mark {MARK} -j RETURN"),
+            "-t nat -A OUTPUT -p tcp -o lo -j RETURN".into(),
+            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001".into(),
+        ] {
+            client_ns.exec(&format!("iptables -w {rule}"));
+        }
+        // Server node: plaintext inbound to 15006, HBONE untouched; wire counters.
+        server_ns.exec(
+            "iptables -w -t nat -A PREROUTING -i eth0 -p tcp ! --dport 15008 -j REDIRECT --to-ports 15006",
+        );
+        for port in [15008, APP_PORT, 80] {
+            server_ns.exec(&format!(
+                "iptables -w -t mangle -A PREROUTING -i eth0 -p tcp --dport {port}"
+            ));
+        }
+        // TCP replies to a preserved (non-local) client source go back to the proxy's
+        // transparent socket (Istio's CNI does this with marks); the proxy's own ports route
+        // normally.
+        server_ns.ip("rule add pref 100 ipproto tcp sport 15000-15100 lookup main");
+        server_ns.ip(&format!(
+            "rule add pref 101 from {s_ip} to {c_ip} ipproto tcp lookup 100"
+        ));
+        server_ns.ip("route add local 0.0.0.0/0 dev lo table 100");
+
+        let state = Arc::new(MeshState::default());
+        state::local::load(&state, &mesh_yaml(net)).expect("mesh config");
+        let ca = TestCa::new("netns-test");
+        let client = Node::new(&client_ns);
+        let server = Node::new(&server_ns);
+        server
+            .run(async move {
+                let l = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT))
+                    .await
+                    .expect("bind app");
+                tokio::spawn(echo_app(l));
+            })
+            .await;
+        let client_sink = Arc::new(Recorder::default());
+        let server_sink = Arc::new(Recorder::default());
+        let cert = |sa: &str| {
+            StaticCertificate::new(
+                ca.issue(&format!("spiffe://cluster.local/ns/mesh/sa/{sa}"))
+                    .workload_cert(),
+            )
+        };
+        let client_cert = cert("client");
+        let inputs = |certs: Arc<StaticCertificate>, sa: &str, sink: Arc<Recorder>| ProxyInputs {
+            state: state.clone(),
+            certs,
+            sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
+            workload: WorkloadInfo {
+                name: format!("{sa}-0"),
+                namespace: "mesh".into(),
+                service_account: sa.into(),
+                trust_domain: "cluster.local".into(),
+            },
+            settings: ProxySettings {
+                orig_src: OrigSrc::Auto,
+                termination_deadline: Duration::from_secs(1),
+                ..ProxySettings::default()
+            },
+            telemetry: sink,
+        };
+        let (ci, si) = (
+            inputs(client_cert.clone(), "client", client_sink.clone()),
+            inputs(cert("server"), "server", server_sink.clone()),
+        );
+        let client_proxy = client
+            .run(async move { Proxy::start(ci).expect("client proxy starts") })
+            .await;
+        let server_proxy = server
+            .run(async move { Proxy::start(si).expect("server proxy starts") })
+            .await;
+        Lab {
+            net,
+            state,
+            client_cert,
+            client_sink,
+            server_sink,
+            client_proxy: Some(client_proxy),
+            server_proxy: Some(server_proxy),
+            client,
+            server,
+            server_ns,
+            _client_ns: client_ns,
+        }
+    }
+
+    fn addr(&self, host: u8, port: u16) -> SocketAddr {
+        format!("10.77.{}.{host}:{port}", self.net).parse().unwrap()
+    }
+
+    fn vip(&self) -> SocketAddr {
+        format!("10.96.{}.5:80", self.net).parse().unwrap()
+    }
+
+    /// Packets that arrived on the server's veth for a destination port (before NAT).
+    fn wire_packets(&self, port: u16) -> u64 {
+        let out = self
+            .server_ns
+            .exec("iptables -w -t mangle -L PREROUTING -v -n -x");
+        let needle = format!("dpt:{port}");
+        out.lines()
+            .find(|l| l.split_whitespace().any(|w| w == needle))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter for port {port} in:\n{out}"))
+    }
+
+    /// Connects from the client node as the application (captured) or bypassing capture.
+    async fn connect(&self, dst: SocketAddr, captured: bool) -> std::io::Result<TcpStream> {
+        self.client
+            .run(async move {
+                let factory = HostSocketFactory {
+                    mark: (!captured).then_some(MARK),
+                };
+                let socket = factory.new_tcp(dst)?;
+                tokio::time::timeout(WAIT, socket.connect(dst))
+                    .await
+                    .map_err(|_| std::io::ErrorKind::TimedOut)?
+            })
+            .await
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(p) = self.client_proxy.take() {
+            self.client
+                .run(async move { p.drain(Duration::from_millis(200)).await })
+                .await;
+        }
+        if let Some(p) = self.server_proxy.take() {
+            self.server
+                .run(async move { p.drain(Duration::from_millis(200)).await })
+                .await;
+        }
+    }
+}
+
+/// Writes `peer=<ip>\n`, then echoes until EOF.
+async fn echo_app(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut tcp, peer)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let ip = ztunnel::socket::canonical(peer).ip();
+            if tcp
+                .write_all(format!("peer={ip}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tcp.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tcp.shutdown().await;
+        });
+    }
+}
+
+/// Reads the greeting line, sends `msg`, expects it back, half-closes, expects EOF.
+/// Returns the peer IP the application saw.
+async fn exchange(tcp: TcpStream, msg: &str) -> String {
+    tokio::time::timeout(WAIT, async move {
+        let mut tcp = BufReader::new(tcp);
+        let mut line = String::new();
+        tcp.read_line(&mut line).await.expect("greeting");
+        let peer = line
+            .trim()
+            .strip_prefix("peer=")
+            .unwrap_or_else(|| panic!("unexpected greeting {line:?}"))
+            .to_string();
+        tcp.get_mut()
+            .write_all(msg.as_bytes())
+            .await
+            .expect("write");
+        let mut back = vec![0u8; msg.len()];
+        tcp.read_exact(&mut back).await.expect("echo");
+        assert_eq!(back, msg.as_bytes());
+        tcp.get_mut().shutdown().await.expect("half-close");
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.expect("EOF");
+        assert!(rest.is_empty());
+        peer
+    })
+    .await
+    .expect("exchange timed out")
+}
+
+/// Expects the connection to end without delivering any application byte.
+async fn expect_closed_without_data(tcp: TcpStream) {
+    tokio::time::timeout(WAIT, async move {
+        let mut tcp = tcp;
+        let _ = tcp.write_all(b"hello").await;
+        let mut buf = Vec::new();
+        match tcp.read_to_end(&mut buf).await {
+            Ok(_) => assert!(
+                buf.is_empty(),
+                "got data: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ),
+                "{e}"
+            ),
+        }
+    })
+    .await
+    .expect("connection was not closed");
+}
+
+fn label<'a>(labels: &'a [(&'static str, String)], k: &str) -> &'a str {
+    &labels.iter().find(|(n, _)| *n == k).unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_outbound_via_hbone_end_to_end() {
+    let lab = Lab::new("e2e", 71).await;
+    let client_ip = lab.addr(1, 0).ip().to_string();
+
+    // 1. Through the service VIP.
+    let tcp = lab.connect(lab.vip(), true).await.expect("connect VIP");
+    let seen = exchange(tcp, "hello via vip").await;
+    assert_eq!(seen, client_ip, "server app sees the original client IP");
+
+    let (ctx, out) = lab.client_sink.closed(1).await;
+    assert_eq!(ctx.direction, Direction::Outbound);
+    assert_eq!(out.flag, ResponseFlag::None, "{out:?}");
+    assert_eq!(out.error, None);
+    assert_eq!(ctx.security, SecurityPolicy::MutualTls);
+    assert_eq!(ctx.source_identity, Some(id("client")));
+    assert_eq!(ctx.destination_identity, Some(id("server")));
+    assert_eq!(ctx.dst_addr, lab.addr(2, 15008));
+    assert_eq!(ctx.hbone_target, Some(lab.addr(2, APP_PORT).to_string()));
+    let greeting = format!("peer={client_ip}\n").len() as u64;
+    assert_eq!(out.client_to_server, 13);
+    assert_eq!(out.server_to_client, greeting + 13);
+    let labels = telemetry::traffic_labels(&ctx, out.flag);
+    assert_eq!(label(&labels, "reporter"), "source");
+    assert_eq!(
+        label(&labels, "source_principal"),
+        "spiffe://cluster.local/ns/mesh/sa/client"
+    );
+    assert_eq!(
+        label(&labels, "destination_principal"),
+        "spiffe://cluster.local/ns/mesh/sa/server"
+    );
+    assert_eq!(
+        label(&labels, "destination_service"),
+        "echo.mesh.svc.cluster.local"
+    );
+    assert_eq!(label(&labels, "destination_workload"), "server");
+    assert_eq!(label(&labels, "connection_security_policy"), "mutual_tls");
+
+    let (ctx, out) = lab.server_sink.closed(1).await;
+    assert_eq!(ctx.direction, Direction::Inbound);
+    assert_eq!(out.flag, ResponseFlag::None, "{out:?}");
+    assert_eq!(ctx.source_identity, Some(id("client")));
+    assert_eq!(ctx.source.as_ref().unwrap().name, "client-0");
+    assert_eq!(ctx.dst_addr, lab.addr(2, 15008));
+    assert_eq!(out.client_to_server, 13);
+    assert_eq!(out.server_to_client, greeting + 13);
+    let labels = telemetry::traffic_labels(&ctx, out.flag);
+    assert_eq!(label(&labels, "reporter"), "destination");
+    assert_eq!(
+        label(&labels, "source_principal"),
+        "spiffe://cluster.local/ns/mesh/sa/client"
+    );
+    assert_eq!(label(&labels, "source_workload"), "client");
+    assert_eq!(
+        label(&labels, "destination_service"),
+        "echo.mesh.svc.cluster.local"
+    );
+
+    // 2. Directly to the pod IP: also tunnelled.
+    let tcp = lab
+        .connect(lab.addr(2, APP_PORT), true)
+        .await
+        .expect("connect pod");
+    assert_eq!(exchange(tcp, "hello via pod ip").await, client_ip);
+    let (_, out) = lab.client_sink.closed(2).await;
+    assert_eq!(out.flag, ResponseFlag::None);
+
+    // Only HBONE crossed the wire.
+    assert!(lab.wire_packets(15008) > 0, "HBONE packets on the wire");
+    assert_eq!(
+        lab.wire_packets(APP_PORT),
+        0,
+        "no plaintext app traffic on the wire"
+    );
+    assert_eq!(
+        lab.wire_packets(80),
+        0,
+        "no plaintext service traffic on the wire"
+    );
+    lab.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_authorization_deny_all_then_allow_by_principal() {
+    let lab = Lab::new("authz", 72).await;
+    state::local::load(&lab.state, DENY_ALL).expect("policy");
+
+    let tcp = lab.connect(lab.vip(), true).await.expect("connect");
+    expect_closed_without_data(tcp).await;
+    let (ctx, out) = lab.server_sink.closed(1).await;
+    assert_eq!(out.flag, ResponseFlag::Deny, "{out:?}");
+    assert_eq!(ctx.source_identity, Some(id("client")));
+    assert_eq!(
+        label(&telemetry::traffic_labels(&ctx, out.flag), "response_flags"),
+        "DENY"
+    );
+    let (_, out) = lab.client_sink.closed(1).await;
+    assert_eq!(
+        out.flag,
+        ResponseFlag::Connect,
+        "client sees a 401: {out:?}"
+    );
+    assert!(out.error.as_deref().unwrap().contains("401"), "{out:?}");
+
+    state::local::load(&lab.state, ALLOW_CLIENT).expect("policy");
+    let tcp = lab.connect(lab.vip(), true).await.expect("connect");
+    assert_eq!(
+        exchange(tcp, "allowed").await,
+        lab.addr(1, 0).ip().to_string()
+    );
+    let (_, out) = lab.server_sink.closed(2).await;
+    assert_eq!(out.flag, ResponseFlag::None, "{out:?}");
+    lab.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_policy_change_closes_live_connection() {
+    let lab = Lab::new("late", 73).await;
+    let tcp = lab.connect(lab.vip(), true).await.expect("connect");
+    let mut tcp = BufReader::new(tcp);
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, tcp.read_line(&mut line))
+        .await
+        .expect("greeting in time")
+        .expect("greeting");
+    assert!(line.starts_with("peer="), "{line:?}");
+    tcp.get_mut().write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tcp.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+
+    // Still allowed: a policy that admits the client changes nothing.
+    state::local::load(&lab.state, ALLOW_CLIENT).expect("policy");
+    tcp.get_mut().write_all(b"pong").await.unwrap();
+    tcp.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"pong");
+
+    // Now denied: the live connection is closed by the destination proxy.
+    state::local::load(&lab.state, DENY_ALL).expect("policy");
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("connection closed after the policy change");
+    assert!(r.is_err() || rest.is_empty(), "{r:?} {rest:?}");
+    let (ctx, out) = lab.server_sink.closed(1).await;
+    assert_eq!(out.flag, ResponseFlag::Deny, "{out:?}");
+    assert!(
+        out.error.as_deref().unwrap().contains("policy change"),
+        "{out:?}"
+    );
+    assert_eq!(ctx.source_identity, Some(id("client")));
+    assert_eq!(out.client_to_server, 8, "bytes counted up to the close");
+    lab.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_plaintext_inbound_and_hbone_port() {
+    let lab = Lab::new("plain", 74).await;
+
+    // Not captured on the client: plaintext arrives at the server's 15006.
+    let tcp = lab
+        .connect(lab.addr(2, APP_PORT), false)
+        .await
+        .expect("connect");
+    assert_eq!(
+        exchange(tcp, "plain").await,
+        lab.addr(1, 0).ip().to_string()
+    );
+    let (ctx, out) = lab.server_sink.closed(1).await;
+    assert_eq!(out.flag, ResponseFlag::None, "{out:?}");
+    assert_eq!(ctx.security, SecurityPolicy::Unknown);
+    assert_eq!(ctx.source_identity, None);
+    assert_eq!(
+        ctx.source.as_ref().unwrap().name,
+        "client-0",
+        "source by IP"
+    );
+    let labels = telemetry::traffic_labels(&ctx, out.flag);
+    assert_eq!(label(&labels, "connection_security_policy"), "unknown");
+    assert_eq!(label(&labels, "source_principal"), "unknown");
+    assert!(lab.wire_packets(APP_PORT) > 0);
+
+    // A principal allow-list denies plaintext (no identity).
+    state::local::load(&lab.state, ALLOW_CLIENT).expect("policy");
+    let tcp = lab
+        .connect(lab.addr(2, APP_PORT), false)
+        .await
+        .expect("connect");
+    expect_closed_without_data(tcp).await;
+    let (_, out) = lab.server_sink.closed(2).await;
+    assert_eq!(out.flag, ResponseFlag::Deny, "{out:?}");
+
+    // Plaintext to 15008: the TLS server never answers with application data.
+    let mut tcp = lab
+        .connect(lab.addr(2, 15008), false)
+        .await
+        .expect("connect 15008");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("15008 closes a plaintext connection");
+    assert!(
+        !buf.starts_with(b"HTTP"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(buf.len() < 64, "at most a TLS alert: {buf:?}");
+
+    // Captured connection to the server's 15008: tunnelled with target port 15008 ⇒ 503.
+    let tcp = lab
+        .connect(lab.addr(2, 15008), true)
+        .await
+        .expect("connect");
+    expect_closed_without_data(tcp).await;
+    let (_, out) = lab.client_sink.closed(1).await;
+    assert!(out.error.as_deref().unwrap().contains("503"), "{out:?}");
+    let f = lab.server_sink.failed(1).await;
+    assert!(f.error.contains("own ports"), "{f:?}");
+    lab.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_loopback_proxy_ports_are_refused() {
+    let lab = Lab::new("loop", 75).await;
+    for port in [15001, 15006] {
+        let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let tcp = lab.connect(dst, true).await.expect("connect loopback");
+        expect_closed_without_data(tcp).await;
+    }
+    let f = lab.client_sink.failed(1).await;
+    assert_eq!(f.direction, Direction::Outbound);
+    assert!(f.error.contains("own ports"), "{f:?}");
+    let f = lab.client_sink.failed(2).await;
+    assert_eq!(f.direction, Direction::Inbound);
+    assert!(f.error.contains("own ports"), "{f:?}");
+
+    // 15008 on loopback: a TLS listener, no proxying of plaintext.
+    let mut tcp = lab
+        .connect("127.0.0.1:15008".parse().unwrap(), true)
+        .await
+        .expect("connect");
+    tcp.write_all(b"hello\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("closed");
+    assert!(buf.len() < 64, "at most a TLS alert: {buf:?}");
+    for d in [Direction::Outbound, Direction::Inbound] {
+        assert_eq!(lab.client_sink.count_opened(d), 0, "nothing was proxied");
+    }
+    lab.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_drain_closes_connections_at_deadline() {
+    let mut lab = Lab::new("drain", 76).await;
+    let tcp = lab.connect(lab.vip(), true).await.expect("connect");
+    let mut tcp = BufReader::new(tcp);
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, tcp.read_line(&mut line))
+        .await
+        .expect("greeting in time")
+        .expect("greeting");
+    let proxy = lab.client_proxy.take().unwrap();
+    assert_eq!(proxy.live_connections(), 1);
+    lab.client
+        .run(async move { proxy.drain(Duration::from_millis(300)).await })
+        .await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed at the drain deadline");
+    let (_, out) = lab.client_sink.closed(1).await;
+    assert!(out.error.as_deref().unwrap().contains("drain"), "{out:?}");
+    // The outbound listener is gone: the redirected connect is refused.
+    assert!(lab.connect(lab.vip(), true).await.is_err());
+    lab.shutdown().await;
+}
+
+/// Half-closes a tunnel and reads the application's greeting until its EOF.
+async fn close_gracefully(tunnel: hbone::Tunnel) {
+    let mut stream = tunnel.stream;
+    stream.shutdown().await.expect("END_STREAM");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("tunnel ends")
+        .expect("clean end");
+    assert!(buf.starts_with(b"peer="), "{buf:?}");
+}
+
+/// Speaks HBONE directly to the server's 15008 (as the client workload) and checks the status
+/// of each inbound check, in Istio's order, and the response baggage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_hbone_inbound_statuses() {
+    let lab = Lab::new("status", 77).await;
+    let state = lab.state.clone();
+    let client_cert = lab.client_cert.clone();
+    let server = lab.addr(2, 15008);
+    let net = lab.net;
+    let statuses = lab
+        .client
+        .run(async move {
+            let connector = Connector {
+                sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
+                tcp: Default::default(),
+                timeout: WAIT,
+                orig_src: OrigSrc::Never,
+            };
+            let pool = hbone::Pool::new(
+                hbone::ClientSettings::default(),
+                client_cert,
+                Arc::new(FactoryDialer(connector)),
+            );
+            let open = |authority: String| {
+                let pool = pool.clone();
+                async move {
+                    let req = hbone::ConnectRequest {
+                        source: id("client"),
+                        expected: vec![id("server")],
+                        destination: server,
+                        source_ip: None,
+                        authority,
+                        headers: Default::default(),
+                    };
+                    match pool.connect(req).await {
+                        Ok(t) => Ok(t),
+                        Err(hbone::Error::ConnectStatus { status, .. }) => Err(status),
+                        Err(e) => panic!("unexpected HBONE error: {e}"),
+                    }
+                }
+            };
+            let mut statuses = Vec::new();
+            let tunnel = open(format!("10.77.{net}.2:{APP_PORT}"))
+                .await
+                .expect("200");
+            let baggage = tunnel.response_headers["baggage"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            close_gracefully(tunnel).await;
+            for authority in [
+                format!("10.77.{net}.9:{APP_PORT}"),
+                format!("10.77.{net}.2:15006"),
+                "echo.mesh.svc.cluster.local:80".to_string(),
+                "nope.mesh.svc.cluster.local:80".to_string(),
+                format!("10.77.{net}.2:9999"),
+            ] {
+                let status = match open(authority.clone()).await {
+                    Ok(tunnel) => {
+                        close_gracefully(tunnel).await;
+                        200
+                    }
+                    Err(status) => status,
+                };
+                statuses.push((authority, status));
+            }
+            state::local::load(&state, DENY_ALL).expect("policy");
+            let denied = open(format!("10.77.{net}.2:{APP_PORT}")).await.map(|_| 200);
+            statuses.push(("denied".into(), denied.unwrap_or_else(|s| s)));
+            (baggage, statuses)
+        })
+        .await;
+    let (baggage, statuses) = statuses;
+    assert_eq!(
+        baggage,
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name=mesh,k8s.deployment.name=server,service.name=server,service.version=v2"
+    );
+    let codes: Vec<u16> = statuses.iter().map(|(_, s)| *s).collect();
+    assert_eq!(codes, [400, 503, 200, 503, 503, 401], "{statuses:?}");
+    // The refused upstream connect is counted with flag CONNECT; the denial with DENY.
+    let mut flags = Vec::new();
+    for n in 1..=4 {
+        flags.push(lab.server_sink.closed(n).await.1.flag);
+    }
+    assert_eq!(
+        flags,
+        [
+            ResponseFlag::None,
+            ResponseFlag::None,
+            ResponseFlag::Connect,
+            ResponseFlag::Deny
+        ]
+    );
+    lab.shutdown().await;
+}
