@@ -18,9 +18,7 @@ use proto::istio::security::Authorization;
 use proto::istio::workload::Address;
 use proto::istio::workload::address::Type as AddressType;
 use support::temp_dir;
-use xds::{
-    NodeIdentity, ProxyType, Rejected, RootCert, TokenSource, Update, XdsClient, XdsConfig,
-};
+use xds::{NodeIdentity, ProxyType, Rejected, RootCert, TokenSource, Update, XdsClient, XdsConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_controlplane");
 const ADDR: &str = proto::ADDRESS_TYPE_URL;
@@ -207,7 +205,11 @@ async fn xds_client_follows_the_control_plane_incrementally() {
         })
         .await;
     assert!(at - since < Duration::from_secs(1), "took {:?}", at - since);
-    assert_eq!(batch, ["+Kubernetes//Pod/default/extra"], "only the change is sent");
+    assert_eq!(
+        batch,
+        ["+Kubernetes//Pod/default/extra"],
+        "only the change is sent"
+    );
 
     // Deleting the policy removes it from the client.
     let since = Instant::now();
@@ -233,7 +235,10 @@ async fn xds_client_follows_the_control_plane_incrementally() {
 
     let dump = client.dump();
     let json = serde_json::to_value(&dump).unwrap();
-    assert!(json.to_string().contains("httpbin"), "debug dump lists resources");
+    assert!(
+        json.to_string().contains("httpbin"),
+        "debug dump lists resources"
+    );
     client.shutdown();
     let _ = std::fs::remove_dir_all(root);
 }
