@@ -28,12 +28,13 @@ step = @printf '\n==> %s\n' "$(1)"
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
 
-test: setup fmt-check clippy check-layers test-only ## the one test command: setup, lints, layering, all tests
+test: setup fmt-check clippy check-layers charts-check test-only ## the one test command: setup, lints, layering, all tests
 
 test-only: ## doc tests and every nextest test (with ENVOY_BIN exported), no setup or lints
 	$(call step,tests)
 	@ENVOY_BIN="$$(bash scripts/envoy-path.sh)"; export ENVOY_BIN; \
 	echo "ENVOY_BIN=$$ENVOY_BIN"; \
+	HELM_PYTHON="$(CURDIR)/$(VENV_PYTHON)"; export HELM_PYTHON; \
 	status=0; \
 	$(CARGO) test --workspace --doc --locked || status=$$?; \
 	$(CARGO) nextest run --workspace --locked --no-fail-fast --profile $(NEXTEST_PROFILE) $(NEXTEST_ARGS) || status=$$?; \
@@ -82,3 +83,33 @@ clean: ## remove build outputs and benchmark results (keeps .venv)
 
 distclean: clean ## also remove the .venv and .tools installs
 	rm -rf .venv .tools
+
+# ---- charts, images and the kind end-to-end test
+# The .venv interpreter of `make setup` (helm-python-sdk, kubernetes-validate); test-only
+# exports it to the tests as HELM_PYTHON (ztunnel/tests/chart_contract.rs).
+VENV_PYTHON ?= .venv/bin/python
+# Container images (make images / e2e-kind) are tagged <HUB>/<name>:<TAG>.
+HUB ?= localhost/ambient
+TAG ?= dev
+DOCKER ?= docker
+IMAGES := ztunnel cni-agent controlplane
+
+.PHONY: charts-check images e2e-kind
+
+charts-check: ## lint, render and strictly validate charts/* (scripts/charts-check.py)
+	$(call step,charts-check)
+	@test -x $(VENV_PYTHON) || { echo "make charts-check: $(VENV_PYTHON) not found: run make setup first" >&2; exit 1; }
+	$(VENV_PYTHON) scripts/charts-check.py
+
+images: ## docker build images/<name>/Dockerfile as HUB/<name>:TAG (needs a Docker engine)
+	$(call step,images)
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make images: '$(DOCKER)' not found on PATH: install Docker (or set DOCKER=...)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make images: no Docker engine reachable ('$(DOCKER) info' failed): start dockerd or point DOCKER_HOST at one; nothing was built" >&2; exit 1; }
+	@for image in $(IMAGES); do \
+		echo "make images: building $(HUB)/$$image:$(TAG) from images/$$image/Dockerfile"; \
+		DOCKER_BUILDKIT=1 $(DOCKER) build -f images/$$image/Dockerfile -t $(HUB)/$$image:$(TAG) . ; \
+	done
+
+e2e-kind: ## end-to-end test on a throw-away kind cluster (needs docker, kind, helm, kubectl, network)
+	$(call step,e2e-kind)
+	HUB=$(HUB) TAG=$(TAG) DOCKER=$(DOCKER) bash tests/kind/e2e.sh

@@ -122,6 +122,9 @@ struct Conn {
     dead: AtomicBool,
     /// Set once the server's SETTINGS are known; until then only the dialer's stream runs.
     settled: AtomicBool,
+    /// Fired by the first response on the connection: the server sends its SETTINGS before
+    /// any response, so from then on its stream limit is known.
+    settled_tx: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     last_used: Mutex<Instant>,
 }
 
@@ -363,6 +366,7 @@ impl Pool {
                 dst,
                 reason: "server presented no SPIFFE identity".to_string(),
             })?;
+        let (settled_tx, settled_rx) = tokio::sync::oneshot::channel();
         let peer_certificate = session
             .peer_certificates()
             .and_then(|c| c.first())
@@ -378,7 +382,7 @@ impl Pool {
             .max_frame_size(s.h2.frame_size)
             .max_header_list_size(s.max_header_list_size)
             .initial_max_send_streams(s.max_streams_per_connection as usize)
-            .max_send_buffer_size(s.h2.stream_window as usize)
+            .max_send_buffer_size(s.max_send_buffer)
             .enable_push(false);
         let (sender, mut connection) = builder
             .handshake::<_, Bytes>(tls)
@@ -393,15 +397,14 @@ impl Pool {
             peer_max_streams: AtomicUsize::new(s.max_streams_per_connection as usize),
             dead: AtomicBool::new(false),
             settled: AtomicBool::new(false),
+            settled_tx: Mutex::new(Some(settled_tx)),
             last_used: Mutex::new(Instant::now()),
         });
         debug!(conn = id, %dst, peer = %conn.peer_identity, "HBONE connection established");
-        let (settled_tx, settled_rx) = tokio::sync::oneshot::channel();
         let keepalive = crate::keepalive::run(
             connection.ping_pong(),
             s.h2.keepalive_interval,
             s.h2.keepalive_timeout,
-            Some(settled_tx),
         );
         let weak = Arc::downgrade(&conn);
         let span = tracing::debug_span!("hbone_outbound", conn = id, %dst);
@@ -484,7 +487,12 @@ async fn open_stream(
     let (response, send) = sender
         .send_request(http_request, false)
         .map_err(connection_error)?;
-    let response = response.await.map_err(|source| {
+    let response = response.await;
+    // Any answer (or stream error) means the server's SETTINGS were processed before it.
+    if let Some(tx) = conn.settled_tx.lock().take() {
+        let _ = tx.send(());
+    }
+    let response = response.map_err(|source| {
         if source.is_go_away() || source.is_io() {
             classify_connection_error(dst, source)
         } else {

@@ -72,6 +72,10 @@ pub struct ClientSettings {
     pub idle_timeout: Duration,
     /// TCP connect timeout towards port 15008.
     pub connect_timeout: Duration,
+    /// Bytes a stream may queue in HTTP/2 beyond what was written to the socket. Kept well
+    /// below the 4 MiB stream window: a deep queue is written and encrypted long after it was
+    /// filled, from cold cache (measured: 0.70× plain TLS with 4 MiB, 0.81× with 400 KiB).
+    pub max_send_buffer: usize,
 }
 
 impl Default for ClientSettings {
@@ -83,6 +87,7 @@ impl Default for ClientSettings {
             max_header_list_size: 16384,
             idle_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(10),
+            max_send_buffer: 409_600,
         }
     }
 }

@@ -26,33 +26,14 @@ impl fmt::Display for KeepaliveFailure {
 
 /// Runs until keepalive fails; never completes while the peer keeps answering (or when
 /// keepalive is disabled by a zero interval).
-///
-/// With `settled`, one PING is sent at once and `settled` fires when its PONG arrives: the
-/// peer sends its SETTINGS before answering, so from then on its stream limit is known.
 pub(crate) async fn run(
     ping_pong: Option<PingPong>,
     interval: Duration,
     timeout: Duration,
-    settled: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> KeepaliveFailure {
-    let Some(mut ping_pong) = ping_pong else {
+    let Some(mut ping_pong) = ping_pong.filter(|_| !interval.is_zero()) else {
         return std::future::pending().await;
     };
-    if let Some(settled) = settled {
-        if let Err(e) = ping_pong.send_ping(Ping::opaque()) {
-            return KeepaliveFailure::Ping(e);
-        }
-        match tokio::time::timeout(timeout, poll_fn(|cx| ping_pong.poll_pong(cx))).await {
-            Ok(Ok(_pong)) => {
-                let _ = settled.send(());
-            }
-            Ok(Err(e)) => return KeepaliveFailure::Ping(e),
-            Err(_) => return KeepaliveFailure::Timeout(timeout),
-        }
-    }
-    if interval.is_zero() {
-        return std::future::pending().await;
-    }
     loop {
         tokio::time::sleep(interval).await;
         if let Err(e) = ping_pong.send_ping(Ping::opaque()) {

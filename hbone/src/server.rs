@@ -314,7 +314,6 @@ impl Server {
             conn.ping_pong(),
             s.h2.keepalive_interval,
             s.h2.keepalive_timeout,
-            None,
         );
         tokio::pin!(keepalive);
         let mut phase = self.inner.phase.subscribe();
