@@ -290,6 +290,18 @@ impl IstioCertificateService for CaServer {
                 return Err(status);
             }
         };
+        // The certificate is issued for the authenticated (or impersonated) identity only; a
+        // CSR asking for another SPIFFE identity is refused so the client learns why.
+        if let Some(asked) = csr_uri_sans(&req.csr)
+            .into_iter()
+            .find(|uri| *uri != identity.to_string())
+        {
+            tracing::warn!(caller = %caller.ns_sa(), %asked, %identity, "certificate refused: CSR identity mismatch");
+            return Err(Status::invalid_argument(format!(
+                "the CSR asks for {asked} but caller {} may only obtain {identity}",
+                caller.ns_sa()
+            )));
+        }
         let ttl = self.ttl_for(req.validity_duration);
         let signer = self.signer.clone();
         let csr = req.csr;
@@ -318,6 +330,33 @@ impl IstioCertificateService for CaServer {
             .collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
+}
+
+/// URI SANs a PEM CSR asks for (none when it cannot be parsed: the signer reports that).
+fn csr_uri_sans(csr_pem: &str) -> Vec<String> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()) else {
+        return Vec::new();
+    };
+    let Ok((_, csr)) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(&pem.contents)
+    else {
+        return Vec::new();
+    };
+    let mut uris = Vec::new();
+    if let Some(extensions) = csr.requested_extensions() {
+        for ext in extensions {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for name in &san.general_names {
+                    if let GeneralName::URI(uri) = name {
+                        uris.push((*uri).to_string());
+                    }
+                }
+            }
+        }
+    }
+    uris
 }
 
 #[cfg(test)]

@@ -12,13 +12,18 @@ use support::*;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 
-/// A fresh P-256 key and a CSR with an empty subject and a bogus SAN (which must be ignored).
+/// A fresh P-256 key and a CSR with an empty subject and no SAN (the CA fills in the identity).
 fn csr() -> String {
+    csr_for(None)
+}
+
+/// A CSR asking for `uri` as its SPIFFE identity.
+fn csr_for(uri: Option<&str>) -> String {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        "spiffe://cluster.local/ns/evil/sa/root".try_into().unwrap(),
-    )];
+    if let Some(uri) = uri {
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    }
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
@@ -261,4 +266,34 @@ async fn bad_requests_and_tokens() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn csr_for_another_identity_is_refused_and_a_matching_one_accepted() {
+    let h = Harness::start(sample_snapshot()).await;
+    let mut client = h.ca_client(h.channel().await);
+    let token = h.token("default", "sleep");
+    let mut req = request(3600, None);
+    req.csr = csr_for(Some("spiffe://cluster.local/ns/kube-system/sa/admin"));
+    let err = client
+        .create_certificate(with_token(req, Some(&token)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("sa/admin") && err.message().contains("default/sleep"),
+        "{}",
+        err.message()
+    );
+    let mut req = request(3600, None);
+    req.csr = csr_for(Some("spiffe://cluster.local/ns/default/sa/sleep"));
+    let resp = client
+        .create_certificate(with_token(req, Some(&token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        leaf(&resp).uris,
+        ["spiffe://cluster.local/ns/default/sa/sleep"]
+    );
 }
