@@ -26,7 +26,7 @@ step = @printf '\n==> %s\n' "$(1)"
 .PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone demo controlplane-demo clean distclean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
 
 test: setup fmt-check clippy check-layers charts-check test-only ## the one test command: setup, lints, layering, all tests
 
