@@ -11,6 +11,7 @@
 //! * [`socket`]: socket options the data path needs (original destination, marks, transparency);
 //! * [`proxy`]: outbound (15001), inbound HBONE (15008) and plaintext inbound (15006);
 //! * [`inpod`]: the ZDS client and per-pod network-namespace listeners (shared mode);
+//! * [`dns`]: the DNS proxy (15053) answering mesh names and forwarding the rest;
 //! * [`app`]: wires it all together for `main`.
 //!
 //! It is an app: it uses the libraries (`hbone`, `identity`, `xds`, `state`, `meshcore`) and no
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod dns;
 pub mod inpod;
 pub mod proxy;
 pub mod socket;

@@ -14,6 +14,7 @@ use state::MeshState;
 use tracing::info;
 
 use crate::config::{Config, ProxyMode};
+use crate::dns::{DnsHandle, DnsInputs, DnsServer, ForwardSettings, SourceLabels};
 use crate::inpod::{
     InPodSocketFactory, ManagerConfig, PodInfo, PodProxyFactory, PodProxyHandle,
     WorkloadProxyManager,
@@ -69,14 +70,73 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     }
 }
 
+/// Starts the DNS proxy (15053) of one instance when DNS capture is on. A failure is logged
+/// and the proxy runs without it (DNS then simply is not captured for that workload).
+fn start_dns(
+    dns: &DnsSettings,
+    state: Arc<MeshState>,
+    sockets: Arc<dyn SocketFactory>,
+    namespace: &str,
+) -> Option<DnsHandle> {
+    if !dns.enabled {
+        return None;
+    }
+    let inputs = DnsInputs {
+        state,
+        sockets,
+        bind: dns.bind.clone(),
+        client_namespace: namespace.to_string(),
+        cluster_domain: dns.cluster_domain.clone(),
+        upstreams: dns.upstreams.clone(),
+        source: SourceLabels::default(),
+        forward: ForwardSettings::default(),
+    };
+    match DnsServer::start(inputs) {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::error!(namespace, error = %e, "DNS proxy not started: DNS of this workload is not captured");
+            None
+        }
+    }
+}
+
+/// What every instance's DNS proxy shares.
+#[derive(Clone)]
+struct DnsSettings {
+    enabled: bool,
+    bind: Vec<std::net::SocketAddr>,
+    cluster_domain: String,
+    upstreams: Vec<std::net::SocketAddr>,
+}
+
+impl DnsSettings {
+    fn from_config(config: &Config) -> Self {
+        let upstreams = if config.dns_proxy {
+            crate::dns::resolv_conf_nameservers(crate::dns::RESOLV_CONF).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no upstream resolvers: names outside the mesh will not resolve");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
+        DnsSettings {
+            enabled: config.dns_proxy,
+            bind: config.dns_proxy_addr.candidates(),
+            cluster_domain: config.cluster_domain.clone(),
+            upstreams,
+        }
+    }
+}
+
 /// The running data plane.
 pub enum DataPlane {
-    Dedicated(ProxyHandle),
+    Dedicated(ProxyHandle, Option<DnsHandle>),
     Shared(tokio::task::JoinHandle<()>),
     Disabled,
 }
 
 struct PodProxies {
+    dns: DnsSettings,
     state: Arc<MeshState>,
     certs: CertManager,
     settings: ProxySettings,
@@ -96,19 +156,30 @@ impl PodProxyFactory for PodProxies {
             trust_domain: self.trust_domain.clone(),
         };
         self.certs.prefetch(&workload.identity());
+        let sockets = sockets as Arc<dyn SocketFactory>;
+        let dns_settings = self.dns.clone();
+        let dns_state = self.state.clone();
+        let dns_sockets = sockets.clone();
         let inputs = ProxyInputs {
             state: self.state.clone(),
             certs: Arc::new(self.certs.clone()),
-            sockets: sockets as Arc<dyn SocketFactory>,
+            sockets,
             workload,
             settings: self.settings.clone(),
             telemetry: Arc::new(DefaultTelemetry),
         };
         async move {
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
-            info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid, "pod proxy started");
+            let dns = start_dns(&dns_settings, dns_state, dns_sockets, &pod.namespace);
+            info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid, dns = dns.is_some(), "pod proxy started");
             Ok(PodProxyHandle::new(move |deadline: Duration| {
-                handle.drain(deadline).boxed()
+                async move {
+                    handle.drain(deadline).await;
+                    if let Some(dns) = dns {
+                        dns.shutdown().await;
+                    }
+                }
+                .boxed()
             }))
         }
         .boxed()
@@ -131,6 +202,7 @@ pub fn start(
         return Ok(DataPlane::Disabled);
     }
     let settings = proxy_settings(config);
+    let dns = DnsSettings::from_config(config);
     match config.proxy_mode {
         ProxyMode::Dedicated => {
             let info = config
@@ -163,19 +235,22 @@ pub fn start(
                     }
                 }
             });
+            let sockets: Arc<dyn SocketFactory> = Arc::new(HostSocketFactory {
+                mark: config.packet_mark,
+            });
+            let namespace = workload.namespace.clone();
             let inputs = ProxyInputs {
-                state,
+                state: state.clone(),
                 certs: Arc::new(certs),
-                sockets: Arc::new(HostSocketFactory {
-                    mark: config.packet_mark,
-                }),
+                sockets: sockets.clone(),
                 workload,
                 settings,
                 telemetry: Arc::new(DefaultTelemetry),
             };
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
+            let dns = start_dns(&dns, state, sockets, &namespace);
             manager_ready.mark_ready();
-            Ok(DataPlane::Dedicated(handle))
+            Ok(DataPlane::Dedicated(handle, dns))
         }
         ProxyMode::Shared => {
             // Pods get certificates as they are added; readiness follows the ZDS snapshot.
@@ -187,6 +262,7 @@ pub fn start(
             manager_config.reuse_port = config.inpod_port_reuse;
             manager_config.shutdown_drain_timeout = config.termination_deadline;
             let factory = PodProxies {
+                dns,
                 state,
                 certs,
                 settings,

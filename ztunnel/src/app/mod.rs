@@ -80,8 +80,12 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         warn!("{warning}");
     }
     let config = Arc::new(config);
-    let prometheus = Prometheus::install().map_err(|e| format!("metrics: {e}"))?;
+    let builder =
+        crate::dns::metrics::with_buckets(metrics_exporter_prometheus::PrometheusBuilder::new())
+            .map_err(|e| format!("metrics: {e}"))?;
+    let prometheus = Prometheus::install_with(builder).map_err(|e| format!("metrics: {e}"))?;
     crate::proxy::DefaultTelemetry::describe();
+    crate::dns::DnsMetrics::describe();
     let mut signals =
         ShutdownSignals::install().map_err(|e| format!("cannot watch for signals: {e}"))?;
     let (drain, watch) = meshcore::drain::channel();
@@ -154,7 +158,12 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
     drain.start_drain(deadline);
     let graceful = async {
         match data {
-            data::DataPlane::Dedicated(handle) => handle.drain(deadline).await,
+            data::DataPlane::Dedicated(handle, dns) => {
+                handle.drain(deadline).await;
+                if let Some(dns) = dns {
+                    dns.shutdown().await;
+                }
+            }
             data::DataPlane::Shared(task) => {
                 let _ = task.await;
             }
