@@ -105,13 +105,23 @@ where
     }
 }
 
-/// Pod placement from the workloads of the current snapshot.
+/// Pod placement from the Pod objects behind the current snapshot (`pod_placement`), or, when
+/// the snapshot carries none, from its workloads' `node`.
 #[derive(Debug, Clone)]
 pub struct SnapshotPods(pub watch::Receiver<Arc<Snapshot>>);
 
 impl PodLocator for SnapshotPods {
     fn identities_on_node(&self, node: &str) -> Option<BTreeSet<(String, String)>> {
         let snapshot = self.0.borrow().clone();
+        if !snapshot.pod_placement.is_empty() {
+            return Some(
+                snapshot
+                    .pod_placement
+                    .get(node)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
         let mut known = false;
         let mut out = BTreeSet::new();
         for address in snapshot.addresses.values() {

@@ -123,8 +123,29 @@ pub fn load_snapshot(
         reason: e.to_string(),
     })?;
     let mut problems: Vec<String> = loaded.report.errors.iter().map(|e| e.to_string()).collect();
-    let (snapshot, diagnostics) =
+    let (mut snapshot, diagnostics) =
         crate::translate::translate_with_diagnostics(&loaded.cluster, options);
+    for pod in loaded.cluster.pods.values() {
+        let Some(spec) = &pod.spec else { continue };
+        let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let sa = spec
+            .service_account_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        snapshot
+            .pod_placement
+            .entry(node.to_string())
+            .or_default()
+            .insert((namespace, sa));
+    }
     problems.extend(
         diagnostics
             .iter()

@@ -4,7 +4,7 @@
 //! server diffs consecutive snapshots per type and pushes only what changed. Resource names
 //! are exactly the xDS names istiod uses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proto::istio::security::Authorization;
 use proto::istio::workload::Address;
@@ -17,4 +17,8 @@ pub struct Snapshot {
     pub addresses: BTreeMap<String, Address>,
     /// `type.googleapis.com/istio.security.Authorization`: by `<ns>/<name>`.
     pub authorizations: BTreeMap<String, Authorization>,
+    /// Not served: which (namespace, service account) pairs have a pod scheduled on each node,
+    /// from the Pod objects' `spec.nodeName` (whether or not the pod has an IP yet). The CA
+    /// checks node-agent impersonation against it, as istiod does with the pod objects.
+    pub pod_placement: BTreeMap<String, BTreeSet<(String, String)>>,
 }

@@ -297,3 +297,42 @@ async fn csr_for_another_identity_is_refused_and_a_matching_one_accepted() {
         ["spiffe://cluster.local/ns/default/sa/sleep"]
     );
 }
+
+#[tokio::test]
+async fn impersonation_uses_pod_placement_even_before_the_pod_has_an_ip() {
+    // A pod being created (CNI ADD in progress) is scheduled but has no IP, so it is not a
+    // workload yet; its placement still comes from the Pod object.
+    let mut snapshot = sample_snapshot();
+    snapshot.pod_placement.insert(
+        "node-a".into(),
+        [("default".to_string(), "newcomer".to_string())].into(),
+    );
+    let h = Harness::start(snapshot).await;
+    let mut ca = h.ca_client(h.channel().await);
+    let zt = h
+        .tokens
+        .mint(&TokenRequest {
+            node: Some("node-a".into()),
+            ..TokenRequest::new("istio-system", "ztunnel")
+        })
+        .unwrap();
+    let id = "spiffe://cluster.local/ns/default/sa/newcomer";
+    let resp = ca
+        .create_certificate(with_token(request(3600, impersonate(id)), Some(&zt)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leaf(&resp).uris, [id]);
+    // With placement known, a pod that is not on this node is still refused.
+    let err = ca
+        .create_certificate(with_token(
+            request(
+                3600,
+                impersonate("spiffe://cluster.local/ns/default/sa/sleep"),
+            ),
+            Some(&zt),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
