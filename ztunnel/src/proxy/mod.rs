@@ -341,6 +341,59 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Accepts connections until the instance stops, running `handle` for each in its own task
+/// under its own span.
+pub(crate) async fn accept_loop<F, Fut>(
+    ctx: Arc<ProxyCtx>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    listener_name: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<ProxyCtx>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let span = tracing::debug_span!(
+                        "connection",
+                        listener = listener_name,
+                        src = %crate::socket::canonical(peer)
+                    );
+                    tokio::spawn(handle(ctx.clone(), tcp, peer).instrument(span));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = listener_name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// The first steps for a captured connection: socket options, then its original destination.
+/// A destination that cannot be read is reported as a failure and `None` returned.
+pub(crate) fn captured_destination(
+    ctx: &ProxyCtx,
+    tcp: &tokio::net::TcpStream,
+    client: SocketAddr,
+    direction: Direction,
+) -> Option<SocketAddr> {
+    if let Err(e) = ctx.settings.tcp.apply(tcp) {
+        tracing::debug!(error = %e, "could not set socket options on accepted connection");
+    }
+    match crate::socket::original_dst(tcp) {
+        Ok(dst) => Some(dst),
+        Err(e) => {
+            ctx.failed(direction, client, None, &ProxyError::OriginalDst(e));
+            None
+        }
+    }
+}
+
 /// The `baggage` describing a workload (outbound requests; inbound 200 responses).
 pub fn baggage_of(w: &Workload) -> Baggage {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());

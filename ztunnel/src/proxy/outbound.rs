@@ -7,20 +7,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hbone::headers::{Forwarded, TraceParent, apply_request_headers};
 use hbone::{ConnectRequest, Identity};
 use state::{Decision, DestinationInfo, Workload};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, warn};
+use tracing::debug;
 
 use super::error::ProxyError;
 use super::io::{ByteCounts, Counted, Side};
 use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
-use super::{ProxyCtx, baggage_of, close_requested, stopped};
-use crate::socket::{self, canonical};
+use super::{ProxyCtx, baggage_of, close_requested};
+use crate::socket::canonical;
 
 /// How to carry one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,46 +225,16 @@ pub fn connect_request(
 }
 
 /// Accepts until `stop` turns true.
-pub(crate) async fn serve(
-    ctx: Arc<ProxyCtx>,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let span = tracing::debug_span!("outbound", src = %canonical(peer));
-                    tokio::spawn(handle(ctx.clone(), tcp, peer).instrument(span));
-                }
-                Err(e) => {
-                    warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        }
-    }
+pub(crate) async fn serve(ctx: Arc<ProxyCtx>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    super::accept_loop(ctx, listener, stop, "outbound", handle).await;
 }
 
 /// Proxies one accepted outbound connection.
 pub(crate) async fn handle(ctx: Arc<ProxyCtx>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let client = canonical(peer);
-    if let Err(e) = ctx.settings.tcp.apply(&tcp) {
-        debug!(error = %e, "could not set socket options on accepted connection");
-    }
-    let dst = match socket::original_dst(&tcp) {
-        Ok(d) => d,
-        Err(e) => {
-            ctx.failed(
-                Direction::Outbound,
-                client,
-                None,
-                &ProxyError::OriginalDst(e),
-            );
-            return;
-        }
+    let Some(dst) = super::captured_destination(&ctx, &tcp, client, Direction::Outbound) else {
+        return;
     };
     if dst.ip().is_loopback() && ctx.settings.illegal_ports.contains(&dst.port()) {
         ctx.failed(

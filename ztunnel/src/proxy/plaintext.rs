@@ -7,20 +7,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use state::{MeshView, Workload};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, warn};
+use tracing::debug;
 
 use super::error::ProxyError;
 use super::inbound::{authorize, inbound_service};
 use super::io::{ByteCounts, Counted, Side};
 use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
 use super::tracker::AuthzSubject;
-use super::{ProxyCtx, close_requested, stopped};
-use crate::socket::{self, canonical};
+use super::{ProxyCtx, close_requested};
+use crate::socket::canonical;
 
 /// What to do with a plaintext inbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,45 +84,15 @@ pub fn decide_plaintext(
 }
 
 /// Accepts until `stop` turns true.
-pub(crate) async fn serve(
-    ctx: Arc<ProxyCtx>,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let span = tracing::debug_span!("inbound_plaintext", src = %canonical(peer));
-                    tokio::spawn(handle(ctx.clone(), tcp, peer).instrument(span));
-                }
-                Err(e) => {
-                    warn!(error = %e, "plaintext inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = stopped(&mut stop) => return,
-        }
-    }
+pub(crate) async fn serve(ctx: Arc<ProxyCtx>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    super::accept_loop(ctx, listener, stop, "inbound_plaintext", handle).await;
 }
 
 pub(crate) async fn handle(ctx: Arc<ProxyCtx>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let client = canonical(peer);
-    if let Err(e) = ctx.settings.tcp.apply(&tcp) {
-        debug!(error = %e, "could not set socket options on accepted connection");
-    }
-    let dst = match socket::original_dst(&tcp) {
-        Ok(d) => d,
-        Err(e) => {
-            ctx.failed(
-                Direction::Inbound,
-                client,
-                None,
-                &ProxyError::OriginalDst(e),
-            );
-            return;
-        }
+    let Some(dst) = super::captured_destination(&ctx, &tcp, client, Direction::Inbound) else {
+        return;
     };
     if ctx.settings.illegal_ports.contains(&dst.port()) {
         ctx.failed(
