@@ -15,6 +15,12 @@ pub mod env {
     pub const NODE_NAME: &str = "NODE_NAME";
     /// The agent's own namespace (the mesh system namespace).
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// The agent's own pod name (named in its startup log line).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Log filter (`info` by default), as `tracing_subscriber`'s env filter.
+    pub const RUST_LOG: &str = "RUST_LOG";
+    /// `plain` (default) or `json` log lines.
+    pub const LOG_FORMAT: &str = "LOG_FORMAT";
     /// Capture DNS in enrolled pods.
     pub const AMBIENT_DNS_CAPTURE: &str = "AMBIENT_DNS_CAPTURE";
     /// Install IPv6 rules.
@@ -164,6 +170,9 @@ impl Config {
         &[
             env::NODE_NAME,
             env::POD_NAMESPACE,
+            env::POD_NAME,
+            env::RUST_LOG,
+            env::LOG_FORMAT,
             env::AMBIENT_DNS_CAPTURE,
             env::AMBIENT_IPV6,
             env::NATIVE_NFTABLES,
