@@ -35,6 +35,7 @@
 //! per host (the underlay addresses are fixed).
 
 pub mod apps;
+pub mod chart;
 pub mod error;
 pub mod guard;
 pub mod objects;

@@ -316,8 +316,8 @@ pub struct ZtunnelEnvInput<'a> {
     pub token_file: PathBuf,
 }
 
-/// ztunnel's environment, as the DaemonSet would set it (one place, to be replaced by the
-/// rendered Helm chart later).
+/// The lab's part of ztunnel's environment: what the kubelet fills in and what points into the
+/// lab. It goes on top of the rendered chart's environment (see [`crate::chart`]).
 pub fn ztunnel_env(i: &ZtunnelEnvInput<'_>) -> Vec<(String, String)> {
     let cp = format!("https://{CP_IP}:{CP_PORT}");
     let root = i.root_cert.display().to_string();
@@ -334,6 +334,7 @@ pub fn ztunnel_env(i: &ZtunnelEnvInput<'_>) -> Vec<(String, String)> {
         ("NODE_NAME", i.node.name.clone()),
         ("POD_NAME", format!("ztunnel-{}", i.node.name)),
         ("POD_NAMESPACE", "istio-system".to_string()),
+        ("SERVICE_ACCOUNT", "ztunnel".to_string()),
         ("INSTANCE_IP", i.node.underlay_ip.clone()),
         ("CLUSTER_ID", "Kubernetes".to_string()),
         ("RUST_LOG", "info".to_string()),
@@ -341,6 +342,24 @@ pub fn ztunnel_env(i: &ZtunnelEnvInput<'_>) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// The chart's environment for a container, or `None` with a warning naming the command that
+/// produces it (the lab then runs with its built-in environment only).
+fn chart_env_or_warn(
+    bin_dir: &Path,
+    chart: &str,
+    container: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let env = crate::chart::env(bin_dir, chart, container);
+    if env.is_none() {
+        tracing::warn!(
+            chart,
+            dir = %crate::chart::chart_dir(bin_dir).display(),
+            "no rendered chart found (run `make charts-check`); using the lab's built-in environment"
+        );
+    }
+    env
 }
 
 /// The CNI agent's environment.
@@ -393,7 +412,10 @@ pub fn start_node_components(layout: &Layout, st: &mut LabState, node: &NodeStat
             .arg(&run_dir)
             .arg("--ztunnel-socket")
             .arg(&zds)
-            .envs(cni_agent_env(st.backend));
+            .envs(crate::chart::merge(
+                chart_env_or_warn(&st.bin_dir, "cni", "cni-agent"),
+                cni_agent_env(st.backend),
+            ));
         let log = layout.log("cni-agent", Some(&node.name));
         let rec = sys::spawn_detached(
             &format!("cni-agent-{}", node.name),
@@ -429,6 +451,10 @@ pub fn start_node_components(layout: &Layout, st: &mut LabState, node: &NodeStat
         root_cert: layout.controlplane().join("root-cert.pem"),
         token_file,
     });
+    let env = crate::chart::merge(
+        chart_env_or_warn(&st.bin_dir, "ztunnel", "istio-proxy"),
+        env,
+    );
     let mut cmd = sys::in_netns(&node.netns, ztunnel);
     cmd.envs(env);
     let log = layout.log("ztunnel", Some(&node.name));
