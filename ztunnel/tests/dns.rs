@@ -139,9 +139,19 @@ fn upstream_answer(query: &Message, tcp: bool) -> Option<Message> {
 
 impl Upstream {
     async fn start() -> Upstream {
-        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on the same ephemeral port: the TCP port may already be taken by another
+        // test running at the same time, so try a few ports.
+        let mut attempt = 0;
+        let (udp, addr, tcp) = loop {
+            attempt += 1;
+            let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 20 => continue,
+                Err(e) => panic!("binding the test upstream on {addr}: {e}"),
+            }
+        };
         let seen: Seen = Arc::default();
         let udp_seen = seen.clone();
         let udp_task = tokio::spawn(async move {
