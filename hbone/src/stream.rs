@@ -59,6 +59,12 @@ impl H2Stream {
         }
     }
 
+    /// The two halves of the stream plus any bytes already received, for the copy loop that
+    /// drives each direction itself.
+    pub(crate) fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes, Option<StreamGuard>) {
+        (self.send, self.recv, self.pending, self._guard)
+    }
+
     /// Resets the stream with `CANCEL` (an abortive close of the tunnel).
     pub fn abort(&mut self) {
         self.send.send_reset(h2::Reason::CANCEL);
@@ -188,12 +194,5 @@ impl AsyncWrite for H2Stream {
             }
         }
         Poll::Ready(Ok(()))
-    }
-}
-
-/// The two halves of a stream, for callers that drive each direction themselves.
-impl H2Stream {
-    pub(crate) fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes, Option<StreamGuard>) {
-        (self.send, self.recv, self.pending, self._guard)
     }
 }

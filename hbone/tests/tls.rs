@@ -19,18 +19,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 async fn echo_roundtrip(env: &Env, pool: &Pool) -> Result<hbone::Tunnel, Error> {
     let echo = mesh_testing::echo_server().await;
-    let mut req = env.request(echo.to_string());
-    req.source = pool_source(pool);
+    let req = env.request(echo.to_string());
     let mut tunnel = pool.connect(req).await?;
     tunnel.stream.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     tunnel.stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
     Ok(tunnel)
-}
-
-fn pool_source(_pool: &Pool) -> hbone::Identity {
-    id(CLIENT_ID)
 }
 
 /// A pool presenting `leaf` as the client certificate.
@@ -43,8 +38,8 @@ fn pool_with(leaf: &mesh_testing::Leaf, settings: ClientSettings) -> Pool {
 async fn recording_server(
     ca: &TestCa,
     settings: ServerSettings,
-) -> (std::net::SocketAddr, Arc<parking_lot_free::Calls>) {
-    let calls = Arc::new(parking_lot_free::Calls::default());
+) -> (std::net::SocketAddr, Arc<calls::Calls>) {
+    let calls = Arc::new(calls::Calls::default());
     let cert = StaticCertificate::new(ca.issue(SERVER_ID).workload_cert());
     let recorded = calls.clone();
     let server = Server::new(settings, id(SERVER_ID), cert, move |req: InboundRequest| {
@@ -60,7 +55,7 @@ async fn recording_server(
     (addr, calls)
 }
 
-mod parking_lot_free {
+mod calls {
     use std::sync::Mutex;
     #[derive(Default)]
     pub struct Calls(Mutex<Vec<String>>);

@@ -67,6 +67,10 @@ pub enum CaClientError {
     },
     #[error("CA rejected the request: {code:?}: {message}")]
     Status { code: tonic::Code, message: String },
+    #[error(
+        "no CA client is configured: {0}; certificates cannot be requested until this is fixed and the proxy restarted"
+    )]
+    NotConfigured(String),
     #[error("CA returned an unusable response: {0}")]
     BadResponse(String),
     #[error("CA issued a certificate for {got} but {requested} was requested")]

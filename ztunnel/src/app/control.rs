@@ -126,11 +126,7 @@ impl CertificateProvider for NoCa {
         _identity: &'a Identity,
     ) -> hbone::cert::BoxFuture<'a, Result<hbone::WorkloadCertificate, CaClientError>> {
         let reason = self.0.clone();
-        Box::pin(async move {
-            Err(CaClientError::BadResponse(format!(
-                "no CA client: {reason}"
-            )))
-        })
+        Box::pin(async move { Err(CaClientError::NotConfigured(reason)) })
     }
 }
 
