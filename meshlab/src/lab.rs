@@ -25,6 +25,9 @@ pub struct LabConfig {
     pub state_dir: PathBuf,
     /// Directory of `controlplane`, `ztunnel`, `cni-agent`, `ambient-cni`, `meshlab`.
     pub bin_dir: PathBuf,
+    /// Extra environment for every ztunnel, on top of the chart's and the lab's (for example
+    /// `SECRET_TTL=20s` to watch certificate rotation). Kept for restarts.
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 impl Default for LabConfig {
@@ -34,6 +37,7 @@ impl Default for LabConfig {
             backend: Backend::default(),
             state_dir: PathBuf::from(state::DEFAULT_STATE_DIR),
             bin_dir: topology::default_bin_dir(),
+            ztunnel_env: Vec::new(),
         }
     }
 }
@@ -125,6 +129,7 @@ impl Lab {
             backend: cfg.backend,
             cni_agent: topology::cni_agent_usable(&cfg.bin_dir),
             ambient_cni: topology::ambient_cni_usable(&cfg.bin_dir),
+            ztunnel_env: cfg.ztunnel_env.clone(),
             ..LabState::default()
         };
         save(&layout, &st)?;
@@ -572,6 +577,86 @@ impl Lab {
             .split_first()
             .ok_or_else(|| LabError::Invalid("exec needs a command".into()))?;
         sys::output_input(sys::in_netns(&n.netns, prog).args(rest), None)
+    }
+
+    /// The pid of a running lab process: `controlplane`, or `ztunnel`/`cni-agent` with a node.
+    pub fn pid(&self, component: &str, node: Option<&str>) -> Result<Option<i32>> {
+        let st = state::load(&self.layout)?;
+        let name = match node {
+            Some(n) => format!("{component}-{n}"),
+            None => component.to_string(),
+        };
+        Ok(st.processes.get(&name).filter(|r| r.alive()).map(|r| r.pid))
+    }
+
+    /// Stops a node's `ztunnel` or `cni-agent` (SIGTERM, then SIGKILL after `grace`) and starts
+    /// it again the way `up` did; waits until ztunnel is ready again (it needs the CNI agent's
+    /// snapshot for that).
+    pub fn restart(&self, component: &str, node: &str, grace: Duration) -> Result<()> {
+        let _lock = state::lock(&self.layout)?;
+        let mut st = state::load(&self.layout)?;
+        let n = st
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .cloned()
+            .ok_or_else(|| LabError::Invalid(format!("no node {node}")))?;
+        let key = format!("{component}-{node}");
+        if let Some(rec) = st.processes.get(&key) {
+            sys::stop(rec, grace);
+        }
+        match component {
+            "ztunnel" => topology::start_ztunnel(&self.layout, &mut st, &n)?,
+            "cni-agent" => topology::start_cni_agent(&self.layout, &mut st, &n)?,
+            other => {
+                return Err(LabError::Invalid(format!(
+                    "cannot restart {other:?}: use ztunnel or cni-agent"
+                )));
+            }
+        }
+        if st.cni_agent {
+            topology::wait_ztunnel_ready(&self.layout, &n, 60)?;
+        }
+        Ok(())
+    }
+
+    /// GETs `http://127.0.0.1:<port><path>` inside a node's netns (ztunnel's admin 15000,
+    /// metrics 15020, readiness 15021) and returns the body; an error names the status.
+    pub fn node_http(&self, node: &str, port: u16, path: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let out = self.node_exec(node, &["curl", "-sS", "-f", "-m", "5", &url])?;
+        if !out.status.success() {
+            return Err(LabError::Invalid(format!(
+                "GET {url} on {node}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The samples of a node's ztunnel `/metrics` (port 15020).
+    pub fn ztunnel_metrics(&self, node: &str) -> Result<Vec<crate::prom::Sample>> {
+        Ok(crate::prom::parse(
+            &self.node_http(node, 15020, "/metrics")?,
+        ))
+    }
+
+    /// Zeroes the node-to-node traffic counters of every node (see [`crate::wire`]).
+    pub fn wire_reset(&self) -> Result<()> {
+        let st = state::load(&self.layout)?;
+        st.nodes
+            .iter()
+            .try_for_each(|n| crate::wire::reset(&n.netns))
+    }
+
+    /// Node-to-node pod traffic since the last [`Lab::wire_reset`], summed over all nodes.
+    pub fn wire_counts(&self) -> Result<crate::WireCounts> {
+        let st = state::load(&self.layout)?;
+        let mut total = crate::WireCounts::default();
+        for n in &st.nodes {
+            total.add(&crate::wire::read(&n.netns)?);
+        }
+        Ok(total)
     }
 
     /// Tears the lab down.

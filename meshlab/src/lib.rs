@@ -40,10 +40,12 @@ pub mod error;
 pub mod guard;
 pub mod objects;
 pub mod pods;
+pub mod prom;
 pub mod services;
 pub mod state;
 pub mod sys;
 pub mod topology;
+pub mod wire;
 
 mod lab;
 
@@ -52,3 +54,4 @@ pub use guard::{HostLock, LabGuard, host_lock};
 pub use lab::{DownReport, Lab, LabConfig, NodeInfo, PodInfo};
 pub use services::ServiceView;
 pub use state::{Backend, DEFAULT_STATE_DIR};
+pub use wire::WireCounts;

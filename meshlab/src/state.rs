@@ -118,6 +118,9 @@ pub struct LabState {
     pub ambient_cni: bool,
     /// Set once `up` finished.
     pub ready: bool,
+    /// Extra ztunnel environment from [`crate::LabConfig::ztunnel_env`].
+    #[serde(default)]
+    pub ztunnel_env: Vec<(String, String)>,
 }
 
 /// Paths inside a state directory.

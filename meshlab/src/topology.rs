@@ -197,6 +197,7 @@ pub fn create_node(
         ])?;
     }
     run(sys::in_netns(ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+    crate::wire::install(ns)?;
     // The root netns reaches pods through their node (routes vanish with the bridge).
     ip(&[
         "route",
@@ -397,40 +398,53 @@ pub fn zds_socket(layout: &Layout, node: &str) -> PathBuf {
 
 /// Starts a node's CNI agent (when built) and ztunnel inside the node netns.
 pub fn start_node_components(layout: &Layout, st: &mut LabState, node: &NodeState) -> Result<()> {
-    let ztunnel = binary(&st.bin_dir, "ztunnel", "ztunnel")?;
-    let cp = binary(&st.bin_dir, "controlplane", "controlplane")?;
-    let dir = layout.node(&node.name);
-    let run_dir = agent_run_dir(layout, &node.name);
-    mkdir(&run_dir)?;
-    let zds = zds_socket(layout, &node.name);
     if st.cni_agent {
-        let mut cmd = sys::in_netns(&node.netns, st.bin_dir.join("cni-agent"));
-        cmd.args(["--node-name", &node.name])
-            .arg("--pod-source")
-            .arg(format!("dir:{}", layout.cluster().display()))
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .arg("--ztunnel-socket")
-            .arg(&zds)
-            .envs(crate::chart::merge(
-                chart_env_or_warn(&st.bin_dir, "cni", "cni-agent"),
-                cni_agent_env(st.backend),
-            ));
-        let log = layout.log("cni-agent", Some(&node.name));
-        let rec = sys::spawn_detached(
-            &format!("cni-agent-{}", node.name),
-            &cmd,
-            &log,
-            &layout.pids(),
-        )?;
-        st.processes.insert(rec.name.clone(), rec.clone());
-        save(layout, st)?;
-        wait_for("the CNI agent's ZDS socket", 30, &log, Some(&rec), || {
-            zds.exists()
-        })?;
+        start_cni_agent(layout, st, node)?;
     } else {
         tracing::warn!(node = %node.name, "cni-agent not built (or a stub): pods are not enrolled");
     }
+    start_ztunnel(layout, st, node)
+}
+
+/// Starts a node's CNI agent and waits for its ZDS socket.
+pub fn start_cni_agent(layout: &Layout, st: &mut LabState, node: &NodeState) -> Result<()> {
+    let run_dir = agent_run_dir(layout, &node.name);
+    mkdir(&run_dir)?;
+    let zds = zds_socket(layout, &node.name);
+    // A restarted agent makes a new socket; wait for that one, not the old file.
+    let _ = std::fs::remove_file(&zds);
+    let mut cmd = sys::in_netns(&node.netns, st.bin_dir.join("cni-agent"));
+    cmd.args(["--node-name", &node.name])
+        .arg("--pod-source")
+        .arg(format!("dir:{}", layout.cluster().display()))
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .arg("--ztunnel-socket")
+        .arg(&zds)
+        .envs(crate::chart::merge(
+            chart_env_or_warn(&st.bin_dir, "cni", "cni-agent"),
+            cni_agent_env(st.backend),
+        ));
+    let log = layout.log("cni-agent", Some(&node.name));
+    let rec = sys::spawn_detached(
+        &format!("cni-agent-{}", node.name),
+        &cmd,
+        &log,
+        &layout.pids(),
+    )?;
+    st.processes.insert(rec.name.clone(), rec.clone());
+    save(layout, st)?;
+    wait_for("the CNI agent's ZDS socket", 30, &log, Some(&rec), || {
+        zds.exists()
+    })
+}
+
+/// Starts a node's ztunnel with a fresh token (does not wait for readiness).
+pub fn start_ztunnel(layout: &Layout, st: &mut LabState, node: &NodeState) -> Result<()> {
+    let ztunnel = binary(&st.bin_dir, "ztunnel", "ztunnel")?;
+    let cp = binary(&st.bin_dir, "controlplane", "controlplane")?;
+    let dir = layout.node(&node.name);
+    mkdir(&dir)?;
     let token = run(Command::new(&cp)
         .args([
             "token",
@@ -445,12 +459,13 @@ pub fn start_node_components(layout: &Layout, st: &mut LabState, node: &NodeStat
         .arg(layout.controlplane()))?;
     let token_file = dir.join("ztunnel-token");
     std::fs::write(&token_file, token.trim()).map_err(io_err(&token_file))?;
-    let env = ztunnel_env(&ZtunnelEnvInput {
+    let mut env = ztunnel_env(&ZtunnelEnvInput {
         node,
-        zds_socket: zds,
+        zds_socket: zds_socket(layout, &node.name),
         root_cert: layout.controlplane().join("root-cert.pem"),
         token_file,
     });
+    env.extend(st.ztunnel_env.iter().cloned());
     let env = crate::chart::merge(
         chart_env_or_warn(&st.bin_dir, "ztunnel", "istio-proxy"),
         env,

@@ -95,6 +95,7 @@ fn config_with(g: &Guard, nodes: usize, backend: Backend) -> LabConfig {
         backend,
         state_dir: g.state_dir.clone(),
         bin_dir: bin_dir(),
+        ztunnel_env: Vec::new(),
     }
 }
 
@@ -284,6 +285,7 @@ fn netns_lab_guard_tears_down_on_drop() {
             backend: Backend::Iptables,
             state_dir: state_dir.clone(),
             bin_dir: bin_dir(),
+            ztunnel_env: Vec::new(),
         })
         .expect("lab up");
         assert_eq!(lab.nodes().unwrap().len(), 1);

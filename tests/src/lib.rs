@@ -6,10 +6,13 @@
 //! * [`HboneServer`]: our `hbone::Server` with a handler that records every CONNECT it gets
 //!   and forwards `ip:port` authorities to that TCP address;
 //! * [`LogCapture`]: what our libraries log (e.g. why our server refused a handshake);
-//! * [`TempDir`], deterministic payloads and byte-stream checks.
+//! * [`TempDir`], deterministic payloads and byte-stream checks;
+//! * [`lab`]: the end-to-end harness over a [`meshlab`] lab (the whole mesh in network
+//!   namespaces).
 
 pub mod config;
 pub mod envoy;
+pub mod lab;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

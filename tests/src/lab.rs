@@ -1,0 +1,258 @@
+//! Support for the end-to-end tests that run the whole mesh in a [`meshlab`] lab.
+//!
+//! * [`start`]: a lab (host-wide lock, torn down on drop even when the test panics) built from
+//!   the binaries next to the test executable (`target/debug`), failing loudly when one is
+//!   missing or when not root;
+//! * [`Curl`]: `curl` run inside a pod, with its exit code, HTTP status and error text;
+//! * [`wait_until`]: bounded polling with a description for the failure message;
+//! * fixtures: the Istio samples the scenarios use, placed on chosen nodes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use meshlab::{Backend, Lab, LabConfig, LabGuard, WireCounts, prom};
+
+/// Polls `f` every 200 ms until it returns `Some`, failing after `secs` with `what` and the
+/// last value seen (`describe` turns it into text for the message).
+#[track_caller]
+pub fn wait_until<T, S: std::fmt::Debug>(
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> Result<T, S>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: not reached within {secs} s; last: {last:?}"
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The directory with `controlplane`, `ztunnel`, `cni-agent`, `ambient-cni` and `meshlab`:
+/// `MESHLAB_BIN_DIR`, or the cargo target directory this test runs from.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("MESHLAB_BIN_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("test executable inside a target directory")
+        .to_path_buf();
+    for b in [
+        "controlplane",
+        "ztunnel",
+        "cni-agent",
+        "ambient-cni",
+        "meshlab",
+    ] {
+        assert!(
+            dir.join(b).is_file(),
+            "{b} is not built in {}: run `cargo build --workspace --bins` first (make test does)",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Brings up a lab of `nodes` nodes with `backend`, and extra ztunnel environment.
+pub fn start_with(name: &str, nodes: usize, backend: Backend, env: &[(&str, &str)]) -> LabGuard {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests need root (network namespaces, bridges, nftables)"
+    );
+    let cfg = LabConfig {
+        nodes,
+        backend,
+        state_dir: PathBuf::from(format!("/tmp/mesh-e2e-{name}-{}", std::process::id())),
+        bin_dir: bin_dir(),
+        ztunnel_env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let lab = LabGuard::up(cfg).unwrap_or_else(|e| panic!("meshlab up failed: {e}"));
+    assert!(
+        lab.enrolment_available().expect("lab state"),
+        "the lab runs without the CNI agent or plugin: build the cni crate"
+    );
+    lab
+}
+
+/// A two-node lab.
+pub fn start(name: &str, backend: Backend) -> LabGuard {
+    start_with(name, 2, backend, &[])
+}
+
+/// What `curl` inside a pod did.
+#[derive(Debug, Clone)]
+pub struct Curl {
+    /// curl's exit status (0 success, 7 refused, 28 timeout, 52 empty reply, 56 recv failure).
+    pub exit: i32,
+    /// `%{http_code}` ("000" when there was no response).
+    pub code: String,
+    /// The response body.
+    pub body: String,
+    /// curl's error text.
+    pub stderr: String,
+}
+
+impl Curl {
+    /// True for exit 0 and status 200.
+    pub fn ok(&self) -> bool {
+        self.exit == 0 && self.code == "200"
+    }
+}
+
+/// Runs `curl -sS -m 5 URL` (plus `extra` arguments) in a pod.
+pub fn curl(lab: &Lab, pod: &str, ns: &str, url: &str, extra: &[&str]) -> Curl {
+    const MARK: &str = "\n--http-code:";
+    let write_out = format!("{MARK}%{{http_code}}");
+    let mut argv = vec!["curl", "-sS", "-m", "5", "-w", &write_out];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    let out = lab
+        .exec(pod, ns, &argv)
+        .unwrap_or_else(|e| panic!("exec curl in {ns}/{pod}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout
+        .rsplit_once(MARK)
+        .map(|(b, c)| (b.to_string(), c.trim().to_string()))
+        .unwrap_or((stdout.clone(), String::new()));
+    Curl {
+        exit: out.status.code().unwrap_or(-1),
+        code,
+        body,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
+}
+
+/// Polls `curl` until `want` holds for its result (bounded by `secs`); returns that result.
+#[track_caller]
+pub fn curl_until(
+    lab: &Lab,
+    (pod, ns): (&str, &str),
+    url: &str,
+    secs: u64,
+    what: &str,
+    want: impl Fn(&Curl) -> bool,
+) -> Curl {
+    wait_until(what, secs, || {
+        let c = curl(lab, pod, ns, url, &[]);
+        if want(&c) { Ok(c) } else { Err(c) }
+    })
+}
+
+/// Sums a metric over every node's ztunnel, for the samples with all of `labels`.
+pub fn ztunnel_metric(lab: &Lab, name: &str, labels: &[(&str, &str)]) -> f64 {
+    lab.nodes()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let samples = lab
+                .ztunnel_metrics(&n.name)
+                .unwrap_or_else(|e| panic!("metrics of ztunnel on {}: {e}", n.name));
+            prom::sum(&samples, name, labels)
+        })
+        .sum()
+}
+
+/// Every ztunnel log, for failure messages.
+pub fn ztunnel_logs(lab: &Lab) -> String {
+    lab.nodes()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            format!(
+                "--- ztunnel on {} ---\n{}",
+                n.name,
+                lab.logs("ztunnel", Some(&n.name)).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// A ServiceAccount, a Service `name:port → targetPort`, and a one-replica Deployment of
+/// `image` pinned to `node` (labels `app: <name>`, `version: v1`).
+pub fn app(ns: &str, name: &str, image: &str, node: &str, ports: Option<(u16, u16)>) -> String {
+    let svc = ports
+        .map(|(port, target)| {
+            format!(
+                "---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}
+spec:
+  ports: [{{name: http, port: {port}, targetPort: {target}}}]
+  selector: {{app: {name}}}
+"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: {ns}}}
+{svc}---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, version: v1}}}}
+    spec:
+      serviceAccountName: {name}
+      nodeName: {node}
+      containers:
+      - {{name: {name}, image: {image}}}
+"
+    )
+}
+
+/// `sleep` (a curl client) on `client_node` and `httpbin:8000` (→ 80) on `server_node`, in `ns`.
+pub fn sleep_and_httpbin(ns: &str, client_node: &str, server_node: &str) -> String {
+    format!(
+        "{}---\n{}",
+        app(ns, "sleep", "curlimages/curl", client_node, None),
+        app(
+            ns,
+            "httpbin",
+            "docker.io/kennethreitz/httpbin",
+            server_node,
+            Some((8000, 80))
+        )
+    )
+}
+
+/// A namespace with labels (`k: v` pairs).
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{}}}}}\n",
+        labels.join(", ")
+    )
+}
+
+/// Generates one `#[test]` per redirection backend for a scenario `fn(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod iptables {
+            $(#[test] fn $scenario() { super::$scenario($crate::lab::Backend::Iptables) })*
+        }
+        mod nftables {
+            $(#[test] fn $scenario() { super::$scenario($crate::lab::Backend::Nftables) })*
+        }
+    };
+}
