@@ -182,7 +182,8 @@ pub fn ztunnel_logs(lab: &Lab) -> String {
 }
 
 /// A ServiceAccount, a Service `name:port → targetPort`, and a one-replica Deployment of
-/// `image` pinned to `node` (labels `app: <name>`, `version: v1`).
+/// `image` pinned to `node` (labels `app: <name>`, `version: v1`; the app listens on
+/// `targetPort`).
 pub fn app(ns: &str, name: &str, image: &str, node: &str, ports: Option<(u16, u16)>) -> String {
     let svc = ports
         .map(|(port, target)| {
@@ -197,6 +198,9 @@ spec:
 "
             )
         })
+        .unwrap_or_default();
+    let container_port = ports
+        .map(|(_, target)| format!(", ports: [{{containerPort: {target}}}]"))
         .unwrap_or_default();
     format!(
         "apiVersion: v1
@@ -215,7 +219,7 @@ spec:
       serviceAccountName: {name}
       nodeName: {node}
       containers:
-      - {{name: {name}, image: {image}}}
+      - {{name: {name}, image: {image}{container_port}}}
 "
     )
 }

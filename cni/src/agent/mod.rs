@@ -16,7 +16,8 @@
 //!
 //! The reconcile loop compares intent (selectors, [`crate::selectors::Enrollment`]) with state
 //! (the cache, and for pods not in it, the annotation) on every source snapshot and retries
-//! failures every [`RETRY_INTERVAL`]. Startup adopts pods already annotated `enabled` (netns
+//! failures every [`RETRY_INTERVAL`]. A running pod that must now be enrolled (a label change)
+//! but never went through our plugin is found by its IP ([`netns_scan`]). Startup adopts pods already annotated `enabled` (netns
 //! from `pods.json`, else `<netns-dir>/<pod name>`), re-applies their rules if configured,
 //! installs the host rules, syncs the probe sets, and only then starts the ZDS server, whose
 //! snapshot replays the cache.
@@ -24,6 +25,7 @@
 pub mod config;
 pub mod http;
 pub mod install;
+pub mod netns_scan;
 pub mod rules;
 pub mod run;
 
@@ -267,12 +269,42 @@ impl Agent {
         self.zds.lock().clone()
     }
 
-    fn netns_candidate(&self, pod: &PodMeta) -> Option<PathBuf> {
+    /// The pod's netns: from the saved state, `<netns-dir>/<pod name>`, or else found by the
+    /// pod's IPs among the node's namespaces ([`netns_scan`]; a pod labelled after it started).
+    async fn netns_candidate(&self, pod: &PodMeta) -> Option<PathBuf> {
         if let Some(s) = self.saved.lock().get(&pod.uid) {
             return Some(s.netns.clone());
         }
         let p = self.cfg.netns_dir.join(&pod.name);
-        p.exists().then_some(p)
+        if p.exists() {
+            return Some(p);
+        }
+        if pod.ips.is_empty() {
+            return None;
+        }
+        let (netns_dir, proc_dir) = (
+            self.host_path(&self.cfg.netns_dir),
+            self.host_path(Path::new("/proc")),
+        );
+        let prefix = self.cfg.host_prefix.clone();
+        let ips = pod.ips.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            netns_scan::find_by_ip(&ips, netns_scan::candidates(&netns_dir, &proc_dir))
+        })
+        .await
+        .ok()
+        .flatten()?;
+        // Back to the path as the node sees it (add_pod prefixes it again).
+        let logical = if prefix.as_os_str().is_empty() {
+            found
+        } else {
+            found
+                .strip_prefix(&prefix)
+                .map(|p| Path::new("/").join(p))
+                .unwrap_or(found)
+        };
+        info!(pod = %format!("{}/{}", pod.namespace, pod.name), netns = %logical.display(), "found the netns of a running pod by its IP");
+        Some(logical)
     }
 
     /// One pass: enrol, adopt or release every pod as intent says.
@@ -288,7 +320,7 @@ impl Agent {
             match (want, cached) {
                 (true, Some(true)) => {}
                 (true, _) => {
-                    let Some(netns) = self.netns_candidate(pod) else {
+                    let Some(netns) = self.netns_candidate(pod).await else {
                         debug!(pod = %pod.name, "enrolment deferred: netns not known yet");
                         continue;
                     };

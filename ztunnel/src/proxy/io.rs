@@ -164,6 +164,27 @@ impl<T> Counted<T> {
             side,
         }
     }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+/// Makes dropping `tcp` send a TCP reset (`SO_LINGER` 0) instead of a FIN. Captured app
+/// connections start this way, so every failure (refused, denied, upstream unreachable, closed
+/// by a policy change) shows up in the app as "connection reset by peer", as with Istio's
+/// ztunnel, whatever the timing. [`close_gracefully`] undoes it once a connection ended well.
+pub fn reset_on_drop(tcp: &TcpStream) {
+    if let Err(e) = tcp.set_zero_linger() {
+        tracing::debug!(error = %e, "could not set SO_LINGER 0 on a captured connection");
+    }
+}
+
+/// Restores the normal close (FIN) for a connection that ended without error.
+pub fn close_gracefully(tcp: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_linger(None) {
+        tracing::debug!(error = %e, "could not clear SO_LINGER");
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {

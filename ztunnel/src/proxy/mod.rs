@@ -357,6 +357,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    io::reset_on_drop(&tcp);
                     let span = tracing::debug_span!(
                         "connection",
                         listener = listener_name,

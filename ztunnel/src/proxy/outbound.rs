@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use super::error::ProxyError;
-use super::io::{ByteCounts, Counted, Side};
+use super::io::{ByteCounts, Counted, Side, close_gracefully};
 use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
 use super::{ProxyCtx, baggage_of, close_requested};
 use crate::socket::canonical;
@@ -288,6 +288,7 @@ async fn proxy(
             tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
                 .await
                 .map_err(ProxyError::Io)?;
+            close_gracefully(downstream.get_ref());
             Ok(())
         }
         OutboundRoute::Hbone {
@@ -314,6 +315,7 @@ async fn proxy(
             )
             .await
             .map_err(ProxyError::Io)?;
+            close_gracefully(&tcp);
             Ok(())
         }
     }

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use super::error::ProxyError;
 use super::inbound::{authorize, inbound_service};
-use super::io::{ByteCounts, Counted, Side};
+use super::io::{ByteCounts, Counted, Side, close_gracefully};
 use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
 use super::tracker::AuthzSubject;
 use super::{ProxyCtx, close_requested};
@@ -142,6 +142,7 @@ pub(crate) async fn handle(ctx: Arc<ProxyCtx>, tcp: TcpStream, peer: SocketAddr)
             tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
                 .await
                 .map_err(ProxyError::Io)?;
+            close_gracefully(downstream.get_ref());
             Ok(())
         } => r,
         e = close_requested(&mut reg) => Err(e),
