@@ -78,4 +78,173 @@ fn s02_mtls_with_identities(backend: Backend) {
     }
 }
 
-both_backends!(s01_enrollment, s02_mtls_with_identities);
+/// S05: an ambient client reaches a non-mesh server in plaintext (no HBONE attempted).
+fn s05_mesh_client_to_non_mesh_server(backend: Backend) {
+    let lab = start("s05", backend);
+    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
+        .unwrap();
+    lab.apply_yaml(&format!(
+        "{}---\n{}---\n{}",
+        namespace("legacy", &[]),
+        app("default", "sleep", "curlimages/curl", "node0", None),
+        app(
+            "legacy",
+            "httpbin",
+            "docker.io/kennethreitz/httpbin",
+            "node1",
+            Some((8000, 80))
+        ),
+    ))
+    .unwrap();
+    lab.wire_reset().unwrap();
+    curl_until(
+        &lab,
+        ("sleep", "default"),
+        "http://httpbin.legacy:8000/get",
+        20,
+        "default/sleep → legacy/httpbin",
+        Curl::ok,
+    );
+    let wire = lab.wire_counts().unwrap();
+    assert_eq!(wire.hbone_packets, 0, "no HBONE to a non-mesh pod: {wire}");
+    assert!(wire.plaintext_http_packets > 0, "plaintext on the wire: {wire}");
+}
+
+/// S07: a PeerAuthentication DISABLE does not turn mTLS off between ambient pods. It replaces
+/// a STRICT one first, so the moment a non-mesh client gets through again shows that ztunnel
+/// has the DISABLE.
+fn s07_disable_is_ignored(backend: Backend) {
+    let lab = ambient_lab("s07", backend);
+    lab.apply_yaml(&format!(
+        "{}---\n{}",
+        namespace("legacy", &[]),
+        app("legacy", "sleep", "curlimages/curl", "node0", None)
+    ))
+    .unwrap();
+    let pa = |mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: default}}
+spec: {{mtls: {{mode: {mode}}}}}
+"
+        )
+    };
+    let url = "http://httpbin.default:8000/get";
+    lab.apply_yaml(&pa("STRICT")).unwrap();
+    curl_until(&lab, ("sleep", "legacy"), url, 20, "STRICT refuses plaintext", |c| {
+        c.exit != 0
+    });
+    lab.apply_yaml(&pa("DISABLE")).unwrap();
+    curl_until(
+        &lab,
+        ("sleep", "legacy"),
+        url,
+        20,
+        "DISABLE (like PERMISSIVE) accepts plaintext",
+        Curl::ok,
+    );
+    lab.wire_reset().unwrap();
+    let c = curl(&lab, "sleep", "default", url, &[]);
+    assert!(c.ok(), "{c:?}");
+    let wire = lab.wire_counts().unwrap();
+    assert!(wire.only_hbone(), "ambient → ambient is still HBONE: {wire}");
+    assert!(
+        ztunnel_metric(
+            &lab,
+            "istio_tcp_connections_opened_total",
+            &[
+                ("reporter", "destination"),
+                ("source_principal", SLEEP),
+                ("connection_security_policy", "mutual_tls")
+            ]
+        ) >= 1.0
+    );
+}
+
+/// The workload as ztunnel on `node` sees it in its config dump: its `protocol`.
+fn protocol_in_dump(lab: &Lab, node: &str, pod_prefix: &str) -> Option<String> {
+    let dump: serde_json::Value =
+        serde_json::from_str(&lab.node_http(node, 15000, "/config_dump").unwrap()).unwrap();
+    dump["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["name"].as_str().is_some_and(|n| n.starts_with(pod_prefix)))
+        .and_then(|w| w["protocol"].as_str().map(str::to_string))
+}
+
+/// S12 and label-driven enrolment: removing the namespace label releases the running pods
+/// (plaintext on the wire, ztunnel no longer counts them), putting it back enrols the same
+/// pods again (HBONE), without restarting them.
+fn s12_opt_out_and_back_by_label(backend: Backend) {
+    let lab = ambient_lab("s12", backend);
+    let pods_before: Vec<String> = lab.pods().unwrap().into_iter().map(|p| p.name).collect();
+    curl_until(
+        &lab,
+        ("sleep", "default"),
+        "http://httpbin:8000/get",
+        20,
+        "enrolled",
+        Curl::ok,
+    );
+    lab.label("ns", "", "default", "istio.io/dataplane-mode-")
+        .unwrap();
+    wait_until("pods released", 20, || {
+        let pods = lab.pods().unwrap();
+        if pods.iter().all(|p| p.enrolment.is_none()) {
+            Ok(())
+        } else {
+            Err(pods)
+        }
+    });
+    wait_until("ztunnel sees the workloads as plain TCP", 20, || {
+        match protocol_in_dump(&lab, "node0", "httpbin").as_deref() {
+            Some("TCP") => Ok(()),
+            other => Err(other.map(str::to_string)),
+        }
+    });
+    let opened = |lab: &Lab| ztunnel_metric(lab, "istio_tcp_connections_opened_total", &[]);
+    let before = opened(&lab);
+    lab.wire_reset().unwrap();
+    let c = curl(&lab, "sleep", "default", "http://httpbin:8000/get", &[]);
+    assert!(c.ok(), "released pods keep working: {c:?}");
+    let wire = lab.wire_counts().unwrap();
+    assert_eq!(wire.hbone_packets, 0, "{wire}");
+    assert!(wire.plaintext_http_packets > 0, "{wire}");
+    assert_eq!(opened(&lab), before, "ztunnel no longer handles their connections");
+
+    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
+        .unwrap();
+    wait_until("pods enrolled again", 20, || {
+        let pods = lab.pods().unwrap();
+        if pods
+            .iter()
+            .all(|p| p.enrolment.as_deref() == Some("enabled"))
+        {
+            Ok(())
+        } else {
+            Err(pods)
+        }
+    });
+    let pods_after: Vec<String> = lab.pods().unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(pods_before, pods_after, "the same pods, not restarted");
+    wait_until("ztunnel sees the workloads as HBONE", 20, || {
+        match protocol_in_dump(&lab, "node0", "httpbin").as_deref() {
+            Some("HBONE") => Ok(()),
+            other => Err(other.map(str::to_string)),
+        }
+    });
+    lab.wire_reset().unwrap();
+    let c = curl(&lab, "sleep", "default", "http://httpbin:8000/get", &[]);
+    assert!(c.ok(), "{c:?}");
+    let wire = lab.wire_counts().unwrap();
+    assert!(wire.only_hbone(), "{wire}");
+}
+
+both_backends!(
+    s01_enrollment,
+    s02_mtls_with_identities,
+    s05_mesh_client_to_non_mesh_server,
+    s07_disable_is_ignored,
+    s12_opt_out_and_back_by_label,
+);
