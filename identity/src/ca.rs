@@ -40,8 +40,15 @@ pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const CERT_CHAIN_FILE: &str = "cert-chain.pem";
 
 /// How far back issued certificates are dated, so peers with a slightly slow clock accept
-/// them immediately.
+/// them immediately. Workload certificates are backdated by at most a tenth of their
+/// lifetime ([`backdate`]), so a short `SECRET_TTL` still renews at about half of it.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// How far back a workload certificate valid for `ttl` is dated: [`CLOCK_SKEW`], or a tenth of
+/// `ttl` when that is shorter.
+pub fn backdate(ttl: Duration) -> Duration {
+    CLOCK_SKEW.min(ttl / 10)
+}
 /// Lifetime of a generated root.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -294,7 +301,7 @@ impl CaSigner {
     /// The CSR's signature must verify (proof the requester holds the key); its subject, SANs
     /// and requested extensions are ignored. The leaf has exactly one URI SAN (`identity`),
     /// EKU serverAuth+clientAuth, KU digitalSignature+keyEncipherment, is not a CA, is valid
-    /// from now − [`CLOCK_SKEW`] to now + `ttl`, and has a random serial.
+    /// from now − [`backdate`]`(ttl)` to now + `ttl`, and has a random serial.
     ///
     /// Returns the chain as Istio's CA does: leaf first, then each intermediate, then the
     /// root(s) last in one entry; every entry ends with a newline.
@@ -438,7 +445,7 @@ fn leaf_params(ttl: Duration) -> Result<CertificateParams, CaError> {
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_before = (now - backdate(ttl)).into();
     params.not_after = not_after.into();
     params.serial_number = Some(random_serial());
     params.use_authority_key_identifier_extension = true;

@@ -311,7 +311,13 @@ impl Lab {
                         .unwrap_or(v.clone());
                     cur["metadata"]["labels"] =
                         v.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
-                    cluster.put(&cur)
+                    cluster.put(&cur)?;
+                    // A pod whose sandbox failed is retried, as kubelet would.
+                    if st.pods[&key].ip.is_none() {
+                        pods::start_sandbox(&self.layout, cluster, st, &key)
+                            .map_err(|e| o.error(e.to_string()))?;
+                    }
+                    Ok(())
                 } else {
                     pods::create(&self.layout, cluster, st, v, None)
                         .map_err(|e| o.error(e.to_string()))
@@ -337,6 +343,18 @@ impl Lab {
         for key in owned(st) {
             if st.pods[&key].template_hash.as_deref() != Some(hash.as_str()) {
                 pods::delete(&self.layout, cluster, st, &key)?;
+            }
+        }
+        // Pods whose sandbox failed are retried, as kubelet would.
+        for key in owned(st) {
+            if st.pods[&key].ip.is_none() {
+                pods::start_sandbox(&self.layout, cluster, st, &key).map_err(|e| {
+                    LabError::Apply {
+                        source_name: "<deployment>".into(),
+                        object: format!("Deployment {ns}/{name}"),
+                        reason: e.to_string(),
+                    }
+                })?;
             }
         }
         let want = objects::replicas(d);
@@ -587,6 +605,24 @@ impl Lab {
             None => component.to_string(),
         };
         Ok(st.processes.get(&name).filter(|r| r.alive()).map(|r| r.pid))
+    }
+
+    /// Stops a node's `ztunnel` or `cni-agent` (SIGTERM, then SIGKILL after `grace`) and
+    /// leaves it stopped; [`Lab::restart`] starts it again.
+    pub fn stop(&self, component: &str, node: &str, grace: Duration) -> Result<()> {
+        let _lock = state::lock(&self.layout)?;
+        let st = state::load(&self.layout)?;
+        if !matches!(component, "ztunnel" | "cni-agent") {
+            return Err(LabError::Invalid(format!(
+                "cannot stop {component:?}: use ztunnel or cni-agent"
+            )));
+        }
+        let rec = st
+            .processes
+            .get(&format!("{component}-{node}"))
+            .ok_or_else(|| LabError::Invalid(format!("no {component} on node {node:?}")))?;
+        sys::stop(rec, grace);
+        Ok(())
     }
 
     /// Stops a node's `ztunnel` or `cni-agent` (SIGTERM, then SIGKILL after `grace`) and starts

@@ -233,31 +233,81 @@ pub fn create(
     if !st.ambient_cni {
         tracing::info!(pod = %key, "ambient-cni not built: running only the bridge plugin");
     }
-    let result = cni_chain(layout, st, &state, "ADD")?;
-    let ip = result
-        .as_ref()
-        .and_then(|r| r.pointer("/ips/0/address"))
-        .and_then(Value::as_str)
-        .and_then(|a| a.split('/').next())
-        .map(str::to_string)
-        .ok_or_else(|| {
-            LabError::Invalid(format!("CNI ADD of {key} returned no address: {result:?}"))
-        })?;
-    if let Some(p) = st.pods.get_mut(&key) {
+    start_sandbox(layout, cluster, st, &key)
+}
+
+/// Runs the CNI chain (ADD) for a recorded pod, starts its apps and marks it Running. When
+/// ADD fails, like kubelet it runs DEL, leaves the pod Pending with a `FailedCreatePodSandBox`
+/// condition, and returns the error; applying the pod (or its Deployment) again retries.
+pub fn start_sandbox(
+    layout: &Layout,
+    cluster: &Cluster,
+    st: &mut LabState,
+    key: &str,
+) -> Result<()> {
+    let state = st
+        .pods
+        .get(key)
+        .cloned()
+        .ok_or_else(|| LabError::Invalid(format!("no pod {key}")))?;
+    let node_ip = st
+        .nodes
+        .iter()
+        .find(|n| n.name == state.node)
+        .map(|n| n.underlay_ip.clone())
+        .unwrap_or_default();
+    let added = cni_chain(layout, st, &state, "ADD").and_then(|result| {
+        result
+            .as_ref()
+            .and_then(|r| r.pointer("/ips/0/address"))
+            .and_then(Value::as_str)
+            .and_then(|a| a.split('/').next())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                LabError::Invalid(format!("CNI ADD of {key} returned no address: {result:?}"))
+            })
+    });
+    let ip = match added {
+        Ok(ip) => ip,
+        Err(e) => {
+            if let Err(del) = cni_chain(layout, st, &state, "DEL") {
+                tracing::warn!(pod = %key, error = %del, "CNI DEL after a failed ADD failed");
+            }
+            if let Some(mut current) = cluster.get("Pod", &state.namespace, &state.name) {
+                current["status"] = json!({
+                    "phase": "Pending",
+                    "hostIP": node_ip,
+                    "conditions": [
+                        {"type": "PodScheduled", "status": "True"},
+                        {"type": "ContainersReady", "status": "False",
+                         "reason": "FailedCreatePodSandBox", "message": e.to_string()},
+                        {"type": "Ready", "status": "False"},
+                    ],
+                });
+                cluster.put(&current)?;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(p) = st.pods.get_mut(key) {
         p.ip = Some(ip.clone());
     }
     save(layout, st)?;
-    let state = st.pods[&key].clone();
+    let state = st.pods[key].clone();
     services::write_pod_files(&state, &services::views(cluster))?;
-
-    start_apps(layout, st, &key, &pod)?;
+    let pod = cluster
+        .get("Pod", &state.namespace, &state.name)
+        .ok_or_else(|| LabError::Invalid(format!("pod {key} vanished")))?;
+    start_apps(layout, st, key, &pod)?;
 
     // Re-read: the CNI agent may have annotated the pod during ADD.
-    let mut current = cluster.get("Pod", &ns, &name).unwrap_or(pod);
+    let mut current = cluster
+        .get("Pod", &state.namespace, &state.name)
+        .unwrap_or(pod);
     current["status"] = json!({
         "phase": "Running",
-        "hostIP": node.underlay_ip,
-        "hostIPs": [{"ip": node.underlay_ip}],
+        "hostIP": node_ip,
+        "hostIPs": [{"ip": node_ip}],
         "podIP": ip,
         "podIPs": [{"ip": ip}],
         "conditions": [

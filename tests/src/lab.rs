@@ -260,3 +260,87 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Sends one DNS `A` query for `name` to `server` from inside the network namespace `netns`
+/// (as a pod's resolver would) and returns the addresses of the answer. The socket is made on
+/// a thread that enters the namespace and then ends.
+pub fn dns_query_a(
+    netns: &str,
+    server: std::net::SocketAddr,
+    name: &str,
+) -> std::io::Result<Vec<std::net::Ipv4Addr>> {
+    let path = PathBuf::from("/var/run/netns").join(netns);
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let id: u16 = 0x5a5a;
+        let mut q = Vec::new();
+        q.extend_from_slice(&id.to_be_bytes());
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD, one question
+        for label in name.trim_end_matches('.').split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]); // root, type A, class IN
+        sock.send_to(&q, server)?;
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf)?;
+        parse_a_answers(&buf[..n], id)
+            .ok_or_else(|| std::io::Error::other(format!("malformed DNS reply: {:?}", &buf[..n])))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("DNS query thread panicked"))?
+}
+
+/// The `A` records of a DNS reply with the given id (`None` when it does not parse).
+fn parse_a_answers(m: &[u8], id: u16) -> Option<Vec<std::net::Ipv4Addr>> {
+    let u16_at = |i: usize| Some(u16::from_be_bytes([*m.get(i)?, *m.get(i + 1)?]));
+    if u16_at(0)? != id {
+        return None;
+    }
+    let (qd, an) = (u16_at(4)?, u16_at(6)?);
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *m.get(i)?;
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            if len == 0 {
+                return Some(i + 1);
+            }
+            i += 1 + len as usize;
+        }
+    };
+    let mut i = 12;
+    for _ in 0..qd {
+        i = skip_name(i)? + 4;
+    }
+    let mut out = Vec::new();
+    for _ in 0..an {
+        i = skip_name(i)?;
+        let (ty, len) = (u16_at(i)?, u16_at(i + 8)? as usize);
+        let data = m.get(i + 10..i + 10 + len)?;
+        if ty == 1 && len == 4 {
+            out.push(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    Some(out)
+}
+
+/// A pod's network namespace name (the first pod whose name starts with `prefix` in `ns`).
+pub fn pod_netns(lab: &Lab, ns: &str, prefix: &str) -> String {
+    pod_info(lab, ns, prefix).netns
+}
+
+/// A pod (the first whose name starts with `prefix` in `ns`).
+pub fn pod_info(lab: &Lab, ns: &str, prefix: &str) -> meshlab::PodInfo {
+    lab.pods()
+        .expect("pods")
+        .into_iter()
+        .find(|p| p.namespace == ns && p.name.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no pod {prefix}* in {ns}"))
+}

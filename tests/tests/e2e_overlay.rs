@@ -107,7 +107,10 @@ fn s05_mesh_client_to_non_mesh_server(backend: Backend) {
     );
     let wire = lab.wire_counts().unwrap();
     assert_eq!(wire.hbone_packets, 0, "no HBONE to a non-mesh pod: {wire}");
-    assert!(wire.plaintext_http_packets > 0, "plaintext on the wire: {wire}");
+    assert!(
+        wire.plaintext_http_packets > 0,
+        "plaintext on the wire: {wire}"
+    );
 }
 
 /// S07: a PeerAuthentication DISABLE does not turn mTLS off between ambient pods. It replaces
@@ -132,9 +135,14 @@ spec: {{mtls: {{mode: {mode}}}}}
     };
     let url = "http://httpbin.default:8000/get";
     lab.apply_yaml(&pa("STRICT")).unwrap();
-    curl_until(&lab, ("sleep", "legacy"), url, 20, "STRICT refuses plaintext", |c| {
-        c.exit != 0
-    });
+    curl_until(
+        &lab,
+        ("sleep", "legacy"),
+        url,
+        20,
+        "STRICT refuses plaintext",
+        |c| c.exit != 0,
+    );
     lab.apply_yaml(&pa("DISABLE")).unwrap();
     curl_until(
         &lab,
@@ -148,7 +156,10 @@ spec: {{mtls: {{mode: {mode}}}}}
     let c = curl(&lab, "sleep", "default", url, &[]);
     assert!(c.ok(), "{c:?}");
     let wire = lab.wire_counts().unwrap();
-    assert!(wire.only_hbone(), "ambient → ambient is still HBONE: {wire}");
+    assert!(
+        wire.only_hbone(),
+        "ambient → ambient is still HBONE: {wire}"
+    );
     assert!(
         ztunnel_metric(
             &lab,
@@ -169,7 +180,11 @@ fn protocol_in_dump(lab: &Lab, node: &str, pod_prefix: &str) -> Option<String> {
     dump["workloads"]
         .as_array()?
         .iter()
-        .find(|w| w["name"].as_str().is_some_and(|n| n.starts_with(pod_prefix)))
+        .find(|w| {
+            w["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(pod_prefix))
+        })
         .and_then(|w| w["protocol"].as_str().map(str::to_string))
 }
 
@@ -197,12 +212,14 @@ fn s12_opt_out_and_back_by_label(backend: Backend) {
             Err(pods)
         }
     });
-    wait_until("ztunnel sees the workloads as plain TCP", 20, || {
-        match protocol_in_dump(&lab, "node0", "httpbin").as_deref() {
+    wait_until(
+        "ztunnel sees the workloads as plain TCP",
+        20,
+        || match protocol_in_dump(&lab, "node0", "httpbin").as_deref() {
             Some("TCP") => Ok(()),
             other => Err(other.map(str::to_string)),
-        }
-    });
+        },
+    );
     let opened = |lab: &Lab| ztunnel_metric(lab, "istio_tcp_connections_opened_total", &[]);
     let before = opened(&lab);
     lab.wire_reset().unwrap();
@@ -211,7 +228,11 @@ fn s12_opt_out_and_back_by_label(backend: Backend) {
     let wire = lab.wire_counts().unwrap();
     assert_eq!(wire.hbone_packets, 0, "{wire}");
     assert!(wire.plaintext_http_packets > 0, "{wire}");
-    assert_eq!(opened(&lab), before, "ztunnel no longer handles their connections");
+    assert_eq!(
+        opened(&lab),
+        before,
+        "ztunnel no longer handles their connections"
+    );
 
     lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
         .unwrap();
@@ -228,12 +249,14 @@ fn s12_opt_out_and_back_by_label(backend: Backend) {
     });
     let pods_after: Vec<String> = lab.pods().unwrap().into_iter().map(|p| p.name).collect();
     assert_eq!(pods_before, pods_after, "the same pods, not restarted");
-    wait_until("ztunnel sees the workloads as HBONE", 20, || {
-        match protocol_in_dump(&lab, "node0", "httpbin").as_deref() {
+    wait_until(
+        "ztunnel sees the workloads as HBONE",
+        20,
+        || match protocol_in_dump(&lab, "node0", "httpbin").as_deref() {
             Some("HBONE") => Ok(()),
             other => Err(other.map(str::to_string)),
-        }
-    });
+        },
+    );
     lab.wire_reset().unwrap();
     let c = curl(&lab, "sleep", "default", "http://httpbin:8000/get", &[]);
     assert!(c.ok(), "{c:?}");

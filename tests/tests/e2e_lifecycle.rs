@@ -1,0 +1,384 @@
+//! End to end, the lifecycle around the data path: certificate rotation (S11), restarts of
+//! ztunnel and of the CNI agent, DNS capture, the proxy's own ports, and the plugin failing
+//! closed. Each redirection backend; needs root; a lab per test.
+
+use std::time::Duration;
+
+use mesh_tests::both_backends;
+use mesh_tests::lab::*;
+
+const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const URL: &str = "http://httpbin.default:8000/get";
+
+fn ambient(lab: &Lab) {
+    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
+        .unwrap();
+    lab.apply_yaml(&sleep_and_httpbin("default", "node0", "node1"))
+        .unwrap();
+    curl_until(
+        lab,
+        ("sleep", "default"),
+        URL,
+        20,
+        "sleep → httpbin",
+        Curl::ok,
+    );
+}
+
+fn legacy_sleep(lab: &Lab) {
+    lab.apply_yaml(&format!(
+        "{}---\n{}",
+        namespace("legacy", &[]),
+        app("legacy", "sleep", "curlimages/curl", "node0", None)
+    ))
+    .unwrap();
+}
+
+/// sleep's certificate as ztunnel on node0 shows it in its config dump.
+fn sleep_cert(lab: &Lab) -> serde_json::Value {
+    let dump: serde_json::Value =
+        serde_json::from_str(&lab.node_http("node0", 15000, "/config_dump").unwrap()).unwrap();
+    dump["certificates"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["identity"] == SLEEP).cloned())
+        .unwrap_or_else(|| panic!("no certificate for {SLEEP}: {}", dump["certificates"]))
+}
+
+fn not_after(pem: &str) -> i64 {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("leaf PEM");
+    let cert = p.parse_x509().expect("leaf certificate");
+    cert.validity().not_after.timestamp()
+}
+
+/// S11: the leaf carries the workload's SPIFFE id and chains to the control plane's root; with
+/// a short lifetime it is renewed before it expires, while a long request on an existing
+/// connection and new requests keep working.
+fn s11_certificate_issuance_and_rotation(backend: Backend) {
+    let lab = start_with("s11", 2, backend, &[("SECRET_TTL", "16s")]);
+    ambient(&lab);
+    let first = sleep_cert(&lab);
+    let chain: Vec<String> = serde_json::from_value(first["chain"].clone()).unwrap();
+    assert!(chain.len() >= 2, "leaf and root: {first}");
+    let (_, leaf_pem) = x509_parser::pem::parse_x509_pem(chain[0].as_bytes()).unwrap();
+    let leaf = leaf_pem.parse_x509().unwrap();
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .map(|g| g.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(sans, vec![format!("URI({SLEEP})")], "the leaf's SANs");
+    let root = std::fs::read_to_string(lab.state_dir().join("controlplane/root-cert.pem")).unwrap();
+    assert_eq!(
+        chain.last().unwrap().trim(),
+        root.trim(),
+        "the chain ends at the control plane's root"
+    );
+    let (_, root_pem) = x509_parser::pem::parse_x509_pem(root.as_bytes()).unwrap();
+    assert_eq!(
+        leaf.issuer().to_string(),
+        root_pem.parse_x509().unwrap().subject().to_string()
+    );
+    let lifetime = not_after(&chain[0]) - leaf.validity().not_before.timestamp();
+    assert!(
+        (10..=20).contains(&lifetime),
+        "SECRET_TTL=16s asked for a 16 s certificate, got {lifetime} s"
+    );
+
+    // A 10 s request across the rotation, on the pooled connection.
+    let slow = {
+        let lab = (*lab).clone();
+        std::thread::spawn(move || {
+            curl(
+                &lab,
+                "sleep",
+                "default",
+                "http://httpbin.default:8000/delay/10",
+                &["-m", "30"],
+            )
+        })
+    };
+    let first_serial = first["serial"].clone();
+    let first_expiry = not_after(&chain[0]);
+    let renewed = wait_until("the certificate is renewed", 30, || {
+        let c = sleep_cert(&lab);
+        if c["serial"] != first_serial {
+            Ok(c)
+        } else {
+            Err(c["serial"].clone())
+        }
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        now < first_expiry,
+        "renewed before the old certificate expired ({now} vs {first_expiry})"
+    );
+    let new_chain: Vec<String> = serde_json::from_value(renewed["chain"].clone()).unwrap();
+    assert!(not_after(&new_chain[0]) > first_expiry, "{renewed}");
+    let c = slow.join().unwrap();
+    assert!(c.ok(), "the long request survives the rotation: {c:?}");
+    let c = curl(&lab, "sleep", "default", URL, &[]);
+    assert!(c.ok(), "new requests after the rotation: {c:?}");
+}
+
+/// Listening TCP ports in a netns, one entry per socket.
+fn listeners(netns: &str) -> Vec<u16> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "ss", "-Hltn"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| a.rsplit(':').next().and_then(|p| p.parse().ok()))
+        .collect()
+}
+
+/// ztunnel restarted: it gets the CNI agent's snapshot again, re-creates the in-pod listeners
+/// exactly once, and traffic flows over HBONE again.
+fn ztunnel_restart_replays_the_snapshot(backend: Backend) {
+    let lab = start("zrestart", backend);
+    ambient(&lab);
+    let netns = pod_netns(&lab, "default", "httpbin");
+    let before = lab
+        .pid("ztunnel", Some("node1"))
+        .unwrap()
+        .expect("ztunnel runs");
+    lab.restart("ztunnel", "node1", Duration::from_secs(5))
+        .unwrap();
+    let after = lab
+        .pid("ztunnel", Some("node1"))
+        .unwrap()
+        .expect("ztunnel runs");
+    assert_ne!(before, after);
+    let stat = std::fs::read_to_string(format!("/proc/{before}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the old ztunnel is gone: {stat}"
+    );
+    let mut ports = listeners(&netns);
+    ports.sort_unstable();
+    for p in [15001, 15006, 15008] {
+        assert_eq!(
+            ports.iter().filter(|&&x| x == p).count(),
+            1,
+            "one listener on {p} in the pod: {ports:?}"
+        );
+    }
+    lab.wire_reset().unwrap();
+    curl_until(
+        &lab,
+        ("sleep", "default"),
+        URL,
+        20,
+        "after restart",
+        Curl::ok,
+    );
+    assert!(lab.wire_counts().unwrap().only_hbone());
+    let log = lab.logs("ztunnel", Some("node1")).unwrap();
+    assert!(
+        log.matches("snapshot").count() >= 2,
+        "both ztunnels received a snapshot:\n{log}"
+    );
+}
+
+/// A pod's redirection rules as text (Istio's chains or tables only), without counters and
+/// comments.
+fn rules(backend: Backend, netns: &str) -> String {
+    let argv: &[&str] = match backend {
+        Backend::Iptables => &["iptables-save"],
+        Backend::Nftables => &["nft", "list", "ruleset"],
+    };
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(argv)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut keep = backend == Backend::Iptables;
+    let mut lines = Vec::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        if backend == Backend::Nftables && l.starts_with("table ") {
+            keep = l.contains("istio");
+        }
+        if !keep {
+            continue;
+        }
+        // iptables-save chain counters `[p:b]`, nft `counter packets P bytes B`.
+        let mut words: Vec<&str> = l.split_whitespace().collect();
+        if words.first().is_some_and(|w| w.starts_with(':')) {
+            words.retain(|w| !w.starts_with('['));
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < words.len() {
+            if words[i] == "packets" || words[i] == "bytes" {
+                i += 2;
+                continue;
+            }
+            out.push(words[i]);
+            i += 1;
+        }
+        lines.push(out.join(" "));
+    }
+    lines.join("\n")
+}
+
+/// The CNI agent restarted: a request in flight completes, traffic keeps using HBONE, and the
+/// pod's rules are the same (reconciled, not duplicated).
+fn cni_agent_restart_keeps_traffic_and_rules(backend: Backend) {
+    let lab = start("arestart", backend);
+    ambient(&lab);
+    let netns = pod_netns(&lab, "default", "httpbin");
+    let rules_before = rules(backend, &netns);
+    assert!(rules_before.contains("15006"), "{rules_before}");
+    let slow = {
+        let lab = (*lab).clone();
+        std::thread::spawn(move || {
+            curl(
+                &lab,
+                "sleep",
+                "default",
+                "http://httpbin.default:8000/delay/3",
+                &["-m", "20"],
+            )
+        })
+    };
+    lab.restart("cni-agent", "node1", Duration::from_secs(5))
+        .unwrap();
+    let c = slow.join().unwrap();
+    assert!(c.ok(), "the request in flight: {c:?}");
+    lab.wire_reset().unwrap();
+    let c = curl(&lab, "sleep", "default", URL, &[]);
+    assert!(c.ok(), "{c:?}");
+    assert!(lab.wire_counts().unwrap().only_hbone());
+    // The restarted agent re-applies the rules on startup: wait for its adoption, then compare.
+    wait_until("the agent adopted the pod", 20, || {
+        let log = lab.logs("cni-agent", Some("node1")).unwrap();
+        if log.contains("adopted enrolled pod") {
+            Ok(())
+        } else {
+            Err(log.len())
+        }
+    });
+    assert_eq!(
+        rules(backend, &netns),
+        rules_before,
+        "rules after the restart"
+    );
+    assert_eq!(
+        pod_info(&lab, "default", "httpbin").enrolment.as_deref(),
+        Some("enabled")
+    );
+}
+
+/// DNS from an enrolled pod is answered by ztunnel's DNS proxy (port 53 captured to 15053)
+/// with the Service's ClusterIP; from a pod outside the mesh the same query goes unanswered.
+fn dns_capture_answers_service_names(backend: Backend) {
+    let lab = start("dns", backend);
+    ambient(&lab);
+    legacy_sleep(&lab);
+    let vip: std::net::Ipv4Addr = lab
+        .services()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "httpbin")
+        .and_then(|s| s.cluster_ip.and_then(|ip| ip.parse().ok()))
+        .expect("httpbin ClusterIP");
+    // 10.96.0.10 is where a cluster's DNS would be; nothing in the lab listens there.
+    let server = "10.96.0.10:53".parse().unwrap();
+    let answer = wait_until(
+        "ztunnel answers the pod's DNS query",
+        20,
+        || match dns_query_a(
+            &pod_netns(&lab, "default", "sleep"),
+            server,
+            "httpbin.default.svc.cluster.local",
+        ) {
+            Ok(a) if !a.is_empty() => Ok(a),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(answer, vec![vip]);
+    let legacy = dns_query_a(
+        &pod_netns(&lab, "legacy", "sleep"),
+        server,
+        "httpbin.default.svc.cluster.local",
+    );
+    assert!(legacy.is_err(), "no capture outside the mesh: {legacy:?}");
+}
+
+/// The proxy's own ports are not a way in: a pod's connection to its own ztunnel's outbound
+/// port, and plaintext to another pod's 15006 or 15008, all fail without an HTTP response.
+fn proxy_ports_are_refused(backend: Backend) {
+    let lab = start("ports", backend);
+    ambient(&lab);
+    legacy_sleep(&lab);
+    let ip = pod_info(&lab, "default", "httpbin").ip.expect("httpbin ip");
+    for (pod, ns, url) in [
+        ("sleep", "default", "http://127.0.0.1:15001/get".to_string()),
+        ("sleep", "legacy", format!("http://{ip}:15006/get")),
+        ("sleep", "legacy", format!("http://{ip}:15008/get")),
+    ] {
+        let c = curl(&lab, pod, ns, &url, &[]);
+        assert!(
+            c.exit != 0 && c.code == "000",
+            "{ns}/{pod} → {url} must fail: {c:?}"
+        );
+    }
+    // The app itself is still reachable the normal way.
+    let c = curl(&lab, "sleep", "legacy", URL, &[]);
+    assert!(c.ok(), "{c:?}");
+}
+
+/// With the node's CNI agent down, a pod that must be enrolled does not start (the plugin
+/// fails closed); a pod outside the mesh starts; once the agent is back the first one starts.
+fn plugin_fails_closed_without_the_agent(backend: Backend) {
+    let lab = start("closed", backend);
+    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
+        .unwrap();
+    legacy_sleep(&lab);
+    lab.stop("cni-agent", "node0", Duration::from_secs(5))
+        .unwrap();
+    let err = lab
+        .apply_yaml(&app("default", "sleep", "curlimages/curl", "node0", None))
+        .expect_err("an ambient pod must not start without the agent");
+    assert!(
+        err.to_string().contains("sleep"),
+        "the error names the pod: {err}"
+    );
+    let pending = pod_info(&lab, "default", "sleep");
+    assert_eq!(
+        (pending.phase.as_str(), pending.ip.as_deref()),
+        ("Pending", None),
+        "the pod waits for its sandbox, unprotected traffic impossible: {pending:?}"
+    );
+    lab.apply_yaml(&app("legacy", "other", "curlimages/curl", "node0", None))
+        .expect("a pod outside the mesh starts without the agent");
+    lab.restart("cni-agent", "node0", Duration::from_secs(5))
+        .unwrap();
+    // Applying again retries the sandbox, as kubelet keeps doing.
+    lab.apply_yaml(&app("default", "sleep", "curlimages/curl", "node0", None))
+        .expect("the ambient pod starts once the agent is back");
+    let running = pod_info(&lab, "default", "sleep");
+    assert_eq!(running.name, pending.name, "the same pod");
+    assert_eq!(running.phase, "Running");
+    assert_eq!(running.enrolment.as_deref(), Some("enabled"));
+}
+
+both_backends!(
+    s11_certificate_issuance_and_rotation,
+    ztunnel_restart_replays_the_snapshot,
+    cni_agent_restart_keeps_traffic_and_rules,
+    dns_capture_answers_service_names,
+    proxy_ports_are_refused,
+    plugin_fails_closed_without_the_agent,
+);
