@@ -316,18 +316,26 @@ fn dns_capture_answers_service_names(backend: Backend) {
     assert!(legacy.is_err(), "no capture outside the mesh: {legacy:?}");
 }
 
-/// The proxy's own ports are not a way in: a pod's connection to its own ztunnel's outbound
-/// port, and plaintext to another pod's 15006 or 15008, all fail without an HTTP response.
+/// The proxy's own ports are not a way in: from a pod to its in-pod listeners or its node's
+/// 15000/15001/15006/15008, and plaintext to another pod's 15006 or 15008, all fail without an
+/// HTTP response.
 fn proxy_ports_are_refused(backend: Backend) {
     let lab = start("ports", backend);
     ambient(&lab);
     legacy_sleep(&lab);
     let ip = pod_info(&lab, "default", "httpbin").ip.expect("httpbin ip");
-    for (pod, ns, url) in [
-        ("sleep", "default", "http://127.0.0.1:15001/get".to_string()),
+    let mut attempts = vec![
         ("sleep", "legacy", format!("http://{ip}:15006/get")),
         ("sleep", "legacy", format!("http://{ip}:15008/get")),
-    ] {
+        ("sleep", "default", format!("http://{ip}:15008/get")),
+    ];
+    // The pod's own in-pod listeners, and its node (gateway and underlay address).
+    for host in ["127.0.0.1", "10.244.0.1", "10.99.0.10"] {
+        for port in [15000, 15001, 15006, 15008] {
+            attempts.push(("sleep", "default", format!("http://{host}:{port}/get")));
+        }
+    }
+    for (pod, ns, url) in attempts {
         let c = curl(&lab, pod, ns, &url, &[]);
         assert!(
             c.exit != 0 && c.code == "000",

@@ -76,6 +76,19 @@ fn s02_mtls_with_identities(backend: Backend) {
         });
         assert!(opened >= 21.0, "{opened}");
     }
+    // One access-log line per connection on each side, naming both identities.
+    for node in ["node0", "node1"] {
+        let log = lab.logs("ztunnel", Some(node)).unwrap();
+        let lines = log
+            .lines()
+            .filter(|l| {
+                l.contains("access")
+                    && l.contains(&format!("src.identity={SLEEP} "))
+                    && l.contains(&format!("dst.identity={HTTPBIN} "))
+            })
+            .count();
+        assert!(lines >= 21, "{lines} access-log lines on {node}:\n{log}");
+    }
 }
 
 /// S05: an ambient client reaches a non-mesh server in plaintext (no HBONE attempted).
