@@ -23,7 +23,7 @@ ARGS ?=
 
 step = @printf '\n==> %s\n' "$(1)"
 
-.PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone demo controlplane-demo clean distclean
+.PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone demo demo-hbone demo-require-root controlplane-demo clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
@@ -70,7 +70,27 @@ bench-hbone: setup ## HBONE benchmark (hbone/examples/bench.rs); pass options wi
 	@ENVOY_BIN="$$(bash scripts/envoy-path.sh)"; export ENVOY_BIN; \
 	$(CARGO) run --release --locked -p hbone --example bench -- $(ARGS)
 
-demo: ## HBONE demo (hbone/examples/demo.rs); pass options with ARGS="..."
+# Where cargo puts its outputs (honours CARGO_TARGET_DIR).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+demo: demo-require-root setup ## the guided, self-checking tour of the mesh in a lab (as root); ARGS="--keep" leaves it up
+	$(call step,render the Helm charts (the lab starts ztunnel and the CNI agent with their settings))
+	@mkdir -p target
+	@$(VENV_PYTHON) scripts/charts-check.py >target/charts-check.log 2>&1 || { \
+		cat target/charts-check.log >&2; \
+		echo "make demo: rendering the charts failed (output above)" >&2; exit 1; }
+	@tail -n 1 target/charts-check.log
+	$(call step,cargo build --release: ztunnel cni controlplane meshlab (the first time takes a few minutes))
+	$(CARGO) build --release --locked -p ztunnel -p cni -p controlplane -p meshlab
+	$(call step,meshlab demo $(ARGS))
+	@MESHLAB_CHART_DIR="$(CURDIR)/target/charts" "$(TARGET_DIR)/release/meshlab" demo $(ARGS)
+
+demo-require-root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make demo: run it as root (sudo make demo): the lab creates network namespaces, bridges and nftables rules" >&2; \
+		exit 1; fi
+
+demo-hbone: ## HBONE demo on loopback (hbone/examples/demo.rs); pass options with ARGS="..."
 	$(CARGO) run --release --locked -p hbone --example demo -- $(ARGS)
 
 controlplane-demo: ## run the local control plane on controlplane/examples/sample (state in target/controlplane-demo)

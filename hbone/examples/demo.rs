@@ -1,4 +1,4 @@
-//! `make demo`: a guided tour of what works today — the HBONE tunnel with SPIFFE identities.
+//! `make demo-hbone`: a guided tour of the HBONE tunnel with SPIFFE identities.
 //!
 //! Everything runs in this process on loopback: a throwaway mesh CA, a destination workload
 //! (`shop/cart`) behind an HBONE server, and a source workload (`shop/ui`) using the pooled

@@ -17,6 +17,9 @@
 //! * [`Lab::down`] / [`Lab::down_from_state`] remove every process, netns, link, mount and file
 //!   the lab made, from `lab.json`, `pids/` and the `ml-` prefix.
 //!
+//! * [`tour::run`] is `meshlab demo`: a guided, self-checking tour of ambient mode on a
+//!   two-node lab (the YAML it applies is in `meshlab/examples/demo/`).
+//!
 //! Tests use [`LabGuard::up`] (host-wide lock + teardown on drop):
 //!
 //! ```no_run
@@ -45,6 +48,7 @@ pub mod services;
 pub mod state;
 pub mod sys;
 pub mod topology;
+pub mod tour;
 pub mod wire;
 
 mod lab;

@@ -8,8 +8,10 @@
 //! meshlab get nodes|pods|svc
 //! meshlab logs ztunnel|cni-agent|controlplane [--node N]
 //! meshlab status | down
+//! meshlab demo [--backend B] [--keep]                       the guided tour (see meshlab::tour)
 //! ```
-//! Every command takes `--state-dir` (env `MESHLAB_STATE_DIR`, default /var/run/meshlab).
+//! Every command takes `--state-dir` (env `MESHLAB_STATE_DIR`, default /var/run/meshlab;
+//! /var/run/meshlab-demo for `demo`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,9 +26,9 @@ use meshlab::{Backend, Lab, LabConfig};
     about = "The whole mesh on one Linux host, in network namespaces"
 )]
 struct Cli {
-    /// State directory of the lab.
-    #[arg(long, global = true, env = "MESHLAB_STATE_DIR", default_value = meshlab::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// State directory of the lab [default: /var/run/meshlab; for `demo`: /var/run/meshlab-demo].
+    #[arg(long, global = true, env = "MESHLAB_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -97,6 +99,19 @@ enum Cmd {
     Status,
     /// Remove everything the lab made.
     Down,
+    /// A guided, self-checking tour: two nodes, sleep → httpbin over HBONE, identities in the
+    /// metrics, authorization policies, PERMISSIVE and STRICT mTLS. Removes its lab at the end.
+    Demo {
+        /// In-pod redirection backend.
+        #[arg(long, default_value = "iptables")]
+        backend: Backend,
+        /// Leave the lab up at the end for exploring (prints what to try and how to remove it).
+        #[arg(long)]
+        keep: bool,
+        /// Directory of the project's binaries (default: next to meshlab, or MESHLAB_BIN_DIR).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
     /// A built-in app (runs inside pods).
     #[command(hide = true)]
     App {
@@ -126,7 +141,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let sd = cli.state_dir;
+    let sd = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| meshlab::DEFAULT_STATE_DIR.into());
     match cli.command {
         Cmd::App { name, port } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -270,8 +288,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.processes, r.netns, r.links, r.mounts
             );
         }
+        Cmd::Demo {
+            backend,
+            keep,
+            bin_dir,
+        } => return demo(cli.state_dir, backend, keep, bin_dir),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn demo(
+    state_dir: Option<PathBuf>,
+    backend: Backend,
+    keep: bool,
+    bin_dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use meshlab::tour::{self, TourConfig};
+    let mut cfg = TourConfig {
+        backend,
+        keep,
+        state_dir: state_dir.unwrap_or_else(|| tour::DEMO_STATE_DIR.into()),
+        ..TourConfig::default()
+    };
+    if let Some(b) = bin_dir {
+        cfg.bin_dir = b;
+    }
+    // Fail before the first step rather than in it.
+    meshlab::sys::require_root()?;
+    tour::tear_down_on_interrupt(cfg.state_dir.clone())?;
+    match tour::run(&cfg, &mut std::io::stdout()) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("\nmeshlab demo: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn print_nodes(lab: &Lab) -> anyhow::Result<()> {

@@ -382,7 +382,119 @@ fn plugin_fails_closed_without_the_agent(backend: Backend) {
     assert_eq!(running.enrolment.as_deref(), Some("enabled"));
 }
 
+/// What an HBONE client holding `identity` (signed by the lab's own CA) gets when it tunnels
+/// from inside `netns` to `target_ip`:15008 → `target_ip`:80 and sends a GET: the response's
+/// first line, or the error.
+fn hbone_get(
+    lab: &Lab,
+    netns: &str,
+    identity: &str,
+    target_ip: std::net::IpAddr,
+    expected: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let id = hbone::Identity::parse(identity).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(identity).unwrap(),
+    )];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let signer = identity::CaSigner::from_plugged(&lab.state_dir().join("controlplane/ca"))
+        .expect("the lab's CA");
+    let chain = signer
+        .sign_csr(&csr, &id, Duration::from_secs(3600))
+        .expect("signing");
+    let (leaf, root) = chain.split_at(chain.len() - 1);
+    let cert = hbone::WorkloadCertificate::from_pem(&leaf.concat(), &key.serialize_pem(), &root[0])
+        .expect("certificate");
+    let expected = hbone::Identity::parse(expected).unwrap();
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let pool = hbone::Pool::new(
+                hbone::ClientSettings::default(),
+                hbone::StaticCertificate::new(cert),
+                std::sync::Arc::new(hbone::DefaultDialer),
+            );
+            let request = hbone::ConnectRequest {
+                source: id,
+                expected: vec![expected],
+                destination: std::net::SocketAddr::new(target_ip, 15008),
+                source_ip: None,
+                authority: format!("{target_ip}:80"),
+                headers: http::HeaderMap::new(),
+            };
+            let work = async {
+                let tunnel = pool.connect(request).await.map_err(|e| e.to_string())?;
+                let mut s = tunnel.stream;
+                s.write_all(b"GET /get HTTP/1.0\r\nHost: x\r\n\r\n")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut body = Vec::new();
+                s.read_to_end(&mut body).await.map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&body).into_owned();
+                Ok(text.lines().next().unwrap_or_default().to_string())
+            };
+            tokio::time::timeout(Duration::from_secs(10), work)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A peer whose certificate comes from the mesh's own CA but names another trust domain is
+/// refused by the destination ztunnel; the same client with a `cluster.local` identity is
+/// served (so the refusal is about the trust domain, nothing else).
+fn foreign_trust_domain_is_refused(backend: Backend) {
+    let lab = start("trustdomain", backend);
+    ambient(&lab);
+    legacy_sleep(&lab);
+    let netns = pod_netns(&lab, "legacy", "sleep");
+    let ip = pod_info(&lab, "default", "httpbin")
+        .ip
+        .and_then(|ip| ip.parse().ok())
+        .expect("httpbin ip");
+    let httpbin = "spiffe://cluster.local/ns/default/sa/httpbin";
+    let ok = hbone_get(
+        &lab,
+        &netns,
+        "spiffe://cluster.local/ns/legacy/sa/sleep",
+        ip,
+        httpbin,
+    );
+    assert_eq!(ok.as_deref(), Ok("HTTP/1.1 200 OK"), "in-domain client");
+    let refused = hbone_get(
+        &lab,
+        &netns,
+        "spiffe://evil.local/ns/legacy/sa/sleep",
+        ip,
+        httpbin,
+    );
+    assert!(
+        refused.is_err(),
+        "a foreign trust domain must be refused: {refused:?}"
+    );
+    wait_until("ztunnel logs why it refused the handshake", 10, || {
+        let log = lab.logs("ztunnel", Some("node1")).unwrap();
+        if log.contains("evil.local") {
+            Ok(())
+        } else {
+            Err(log.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
+        }
+    });
+}
+
 both_backends!(
+    foreign_trust_domain_is_refused,
     s11_certificate_issuance_and_rotation,
     ztunnel_restart_replays_the_snapshot,
     cni_agent_restart_keeps_traffic_and_rules,
