@@ -14,7 +14,7 @@
 //! makes Ctrl-C remove the lab too.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,12 @@ use crate::guard::HostLock;
 use crate::lab::{DownReport, Lab, LabConfig};
 use crate::state::Backend;
 
+mod curl;
 mod teardown;
 
+use curl::{Curl, curl};
 pub use teardown::tear_down_on_interrupt;
-use teardown::{LAB_OWNED, removed, take_host_lock, tear_down};
+use teardown::{LAB_OWNED, take_host_lock};
 
 /// The demo's default state directory (apart from `meshlab up`'s, so the two never mix).
 pub const DEMO_STATE_DIR: &str = "/var/run/meshlab-demo";
@@ -230,36 +232,6 @@ fn lab_err(step: usize, source: LabError) -> TourError {
         step,
         title: STEPS[step - 1].0,
         source,
-    }
-}
-
-/// What `curl` inside a pod did.
-#[derive(Debug, Clone)]
-struct Curl {
-    exit: i32,
-    code: String,
-    stderr: String,
-}
-
-impl Curl {
-    fn ok(&self) -> bool {
-        self.exit == 0 && self.code == "200"
-    }
-
-    fn reset(&self) -> bool {
-        self.exit == 56 && (self.code.is_empty() || self.code == "000")
-    }
-}
-
-impl std::fmt::Display for Curl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.exit == 0 {
-            write!(f, "HTTP {}", self.code)
-        } else if self.stderr.is_empty() {
-            write!(f, "curl exit {}", self.exit)
-        } else {
-            write!(f, "curl exit {} ({})", self.exit, self.stderr)
-        }
     }
 }
 
@@ -715,55 +687,6 @@ impl<W: Write> Tour<'_, W> {
         writeln!(self.out)?;
         Ok(())
     }
-
-    /// Removes the lab (or, with `keep`, says how to use and remove it).
-    fn finish(&mut self) -> Result<Option<DownReport>, TourError> {
-        if self.lab.is_none() {
-            return Ok(None);
-        }
-        let sd = self.cfg.state_dir.display().to_string();
-        if self.cfg.keep {
-            LAB_OWNED.store(false, Ordering::SeqCst);
-            let ml = meshlab_command(&self.cfg.bin_dir);
-            writeln!(
-                self.out,
-                "The lab is still up (--keep). Things to try:\n\
-                 \x20 {ml} --state-dir {sd} get pods\n\
-                 \x20 {ml} --state-dir {sd} exec sleep -- curl -sS {URL}\n\
-                 \x20 {ml} --state-dir {sd} apply -f {EXAMPLES_DIR}/deny-all.yaml   (or delete -f)\n\
-                 \x20 {ml} --state-dir {sd} logs ztunnel --node node1\n\
-                 \x20 {ml} --state-dir {sd} status\n\
-                 When done, remove it (before any lab test: only one lab fits on a host):\n\
-                 \x20 {ml} --state-dir {sd} down"
-            )?;
-            return Ok(None);
-        }
-        write!(self.out, "Removing the lab... ")?;
-        self.out.flush()?;
-        match tear_down(&self.cfg.state_dir) {
-            Some(Ok(r)) => {
-                writeln!(self.out, "done ({}).", removed(&r))?;
-                Ok(Some(r))
-            }
-            Some(Err(e)) => {
-                writeln!(
-                    self.out,
-                    "failed: {e}\n  run: meshlab down --state-dir {sd}"
-                )?;
-                Err(self.lab_err(e))
-            }
-            None => Ok(None),
-        }
-    }
-}
-
-impl<W: Write> Drop for Tour<'_, W> {
-    /// A panic between up and finish still removes the lab.
-    fn drop(&mut self) {
-        if self.lab.is_some() && !self.cfg.keep {
-            let _ = tear_down(&self.cfg.state_dir);
-        }
-    }
 }
 
 /// How long the mesh took to show a change, as the tour says it.
@@ -777,41 +700,6 @@ fn after(took: Duration) -> String {
 
 fn running(b: bool) -> &'static str {
     if b { "running" } else { "NOT running" }
-}
-
-/// How to call this meshlab: relative to the working directory when that is shorter.
-fn meshlab_command(bin_dir: &Path) -> String {
-    let exe = bin_dir.join("meshlab");
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or(exe)
-        .display()
-        .to_string()
-}
-
-/// Runs `curl -sS -m 5 URL` in a pod and reads its exit code and HTTP status.
-fn curl(lab: &Lab, pod: &str, ns: &str, url: &str) -> crate::Result<Curl> {
-    let out = lab.exec(
-        pod,
-        ns,
-        &[
-            "curl",
-            "-sS",
-            "-m",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            url,
-        ],
-    )?;
-    Ok(Curl {
-        exit: out.status.code().unwrap_or(-1),
-        code: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    })
 }
 
 /// Wraps text at `width` columns, continuation lines starting with `indent`.

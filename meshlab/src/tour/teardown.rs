@@ -1,11 +1,13 @@
-//! Who owns the demo's lab and who removes it: the host-wide lock, removal exactly once (by
-//! the tour or by the interrupt handler, whichever comes first), and Ctrl-C.
+//! Who owns the demo's lab and who removes it: the host-wide lock, removal exactly once (at the
+//! end of the tour, on a panic, or by the Ctrl-C handler, whichever comes first), and what the
+//! tour says at the end (removed, or with `--keep` how to use and remove the lab).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::{EXAMPLES_DIR, Tour, TourError, URL};
 use crate::guard::{HOST_LOCK, HostLock, host_lock};
 use crate::lab::{DownReport, Lab};
 
@@ -99,4 +101,66 @@ pub(super) fn take_host_lock(out: &mut impl Write) -> crate::Result<HostLock> {
         let _ = out.flush();
     }
     host_lock()
+}
+
+impl<W: Write> Tour<'_, W> {
+    /// Removes the lab (or, with `keep`, says how to use and remove it).
+    pub(super) fn finish(&mut self) -> Result<Option<DownReport>, TourError> {
+        if self.lab.is_none() {
+            return Ok(None);
+        }
+        let sd = self.cfg.state_dir.display().to_string();
+        if self.cfg.keep {
+            LAB_OWNED.store(false, Ordering::SeqCst);
+            let ml = meshlab_command(&self.cfg.bin_dir);
+            writeln!(
+                self.out,
+                "The lab is still up (--keep). Things to try:\n\
+                 \x20 {ml} --state-dir {sd} get pods\n\
+                 \x20 {ml} --state-dir {sd} exec sleep -- curl -sS {URL}\n\
+                 \x20 {ml} --state-dir {sd} apply -f {EXAMPLES_DIR}/deny-all.yaml   (or delete -f)\n\
+                 \x20 {ml} --state-dir {sd} logs ztunnel --node node1\n\
+                 \x20 {ml} --state-dir {sd} status\n\
+                 When done, remove it (before any lab test: only one lab fits on a host):\n\
+                 \x20 {ml} --state-dir {sd} down"
+            )?;
+            return Ok(None);
+        }
+        write!(self.out, "Removing the lab... ")?;
+        self.out.flush()?;
+        match tear_down(&self.cfg.state_dir) {
+            Some(Ok(r)) => {
+                writeln!(self.out, "done ({}).", removed(&r))?;
+                Ok(Some(r))
+            }
+            Some(Err(e)) => {
+                writeln!(
+                    self.out,
+                    "failed: {e}\n  run: meshlab down --state-dir {sd}"
+                )?;
+                Err(self.lab_err(e))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl<W: Write> Drop for Tour<'_, W> {
+    /// A panic between up and finish still removes the lab.
+    fn drop(&mut self) {
+        if self.lab.is_some() && !self.cfg.keep {
+            let _ = tear_down(&self.cfg.state_dir);
+        }
+    }
+}
+
+/// How to call this meshlab: relative to the working directory when that is shorter.
+fn meshlab_command(bin_dir: &Path) -> String {
+    let exe = bin_dir.join("meshlab");
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or(exe)
+        .display()
+        .to_string()
 }
