@@ -52,6 +52,8 @@ use crate::zds_server::{SnapshotEntry, ZdsError, ZdsListener, ZdsServer};
 
 /// Retry period of failed enrolments.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait between two netns scans for the same pod.
+pub const MAX_SCAN_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Why an enrolment or release failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,8 @@ pub struct Agent {
     saved: Mutex<BTreeMap<String, StateEntry>>,
     op: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    /// Pods whose netns a scan did not find: when to look again, and the current back-off.
+    scan_backoff: Mutex<BTreeMap<String, (std::time::Instant, Duration)>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -174,6 +178,7 @@ impl Agent {
             saved: Mutex::new(saved),
             op: tokio::sync::Mutex::new(()),
             ready: AtomicBool::new(false),
+            scan_backoff: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -282,6 +287,13 @@ impl Agent {
         if pod.ips.is_empty() {
             return None;
         }
+        // A scan enters every namespace on the node: after a miss, wait 1 s, 2 s, ... 60 s.
+        let now = std::time::Instant::now();
+        if let Some((next, _)) = self.scan_backoff.lock().get(&pod.uid)
+            && now < *next
+        {
+            return None;
+        }
         let (netns_dir, proc_dir) = (
             self.host_path(&self.cfg.netns_dir),
             self.host_path(Path::new("/proc")),
@@ -293,7 +305,17 @@ impl Agent {
         })
         .await
         .ok()
-        .flatten()?;
+        .flatten();
+        let Some(found) = found else {
+            let mut backoff = self.scan_backoff.lock();
+            let delay = backoff
+                .get(&pod.uid)
+                .map_or(RETRY_INTERVAL, |(_, d)| (*d * 2).min(MAX_SCAN_BACKOFF));
+            backoff.insert(pod.uid.clone(), (now + delay, delay));
+            debug!(pod = %format!("{}/{}", pod.namespace, pod.name), ?delay, "netns not found by IP; will look again");
+            return None;
+        };
+        self.scan_backoff.lock().remove(&pod.uid);
         // Back to the path as the node sees it (add_pod prefixes it again).
         let logical = if prefix.as_os_str().is_empty() {
             found
@@ -348,6 +370,9 @@ impl Agent {
         for pod in gone {
             self.remove_pod(&pod).await;
         }
+        self.scan_backoff
+            .lock()
+            .retain(|uid, _| snap.pods.contains_key(uid));
     }
 
     /// A pod already annotated `enabled` (agent restart): reopen the netns, optionally
