@@ -80,7 +80,7 @@ demo: demo-require-root setup ## the guided, self-checking tour of the mesh in a
 		cat target/charts-check.log >&2; \
 		echo "make demo: rendering the charts failed (output above)" >&2; exit 1; }
 	@tail -n 1 target/charts-check.log
-	$(call step,cargo build --release: ztunnel cni controlplane meshlab (the first time takes a few minutes))
+	$(call step,cargo build --release: ztunnel cni controlplane meshlab (the first time: about 10 minutes on 2 cores))
 	$(CARGO) build --release --locked -p ztunnel -p cni -p controlplane -p meshlab
 	$(call step,meshlab demo $(ARGS))
 	@MESHLAB_CHART_DIR="$(CURDIR)/target/charts" "$(TARGET_DIR)/release/meshlab" demo $(ARGS)
