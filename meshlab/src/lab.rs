@@ -124,6 +124,8 @@ impl Lab {
         ] {
             mkdir(&d)?;
         }
+        std::fs::write(topology::ACTIVE_MARKER, layout.root.display().to_string())
+            .map_err(io_err(topology::ACTIVE_MARKER))?;
         let mut st = LabState {
             bin_dir: cfg.bin_dir.clone(),
             backend: cfg.backend,
@@ -731,9 +733,19 @@ impl Lab {
             }
         });
 
+        // Leftovers found by prefix belong to this lab only when no other lab is running.
+        let other = topology::other_active_lab(&layout.root);
+        if let Some(o) = &other {
+            tracing::warn!(
+                running = %o.display(),
+                "another lab is running: removing only what {} recorded",
+                layout.root.display()
+            );
+        }
+        let scan = other.is_none();
         let mut netns: Vec<String> = st.netns.clone();
         for n in sys::netns_list() {
-            if n.starts_with(PREFIX) && !netns.contains(&n) {
+            if scan && n.starts_with(PREFIX) && !netns.contains(&n) {
                 netns.push(n);
             }
         }
@@ -751,9 +763,11 @@ impl Lab {
         }
 
         let mut links = st.links.clone();
-        links.push(BRIDGE.into());
+        if scan {
+            links.push(BRIDGE.into());
+        }
         for l in sys::link_names() {
-            if l.starts_with(PREFIX) && !links.contains(&l) {
+            if scan && l.starts_with(PREFIX) && !links.contains(&l) {
                 links.push(l);
             }
         }
@@ -773,10 +787,15 @@ impl Lab {
                 .lines()
                 .filter_map(|l| l.split_whitespace().nth(4))
                 .filter(|m| {
-                    m.starts_with("/run/netns/ml-")
-                        || m.starts_with("/var/run/netns/ml-")
-                        || m.starts_with("/etc/netns/ml-")
+                    (scan
+                        && (m.starts_with("/run/netns/ml-")
+                            || m.starts_with("/var/run/netns/ml-")
+                            || m.starts_with("/etc/netns/ml-")))
                         || Path::new(m).starts_with(&root)
+                        || st.netns.iter().any(|n| {
+                            m.ends_with(&format!("/netns/{n}"))
+                                || m.contains(&format!("/etc/netns/{n}/"))
+                        })
                 })
                 .map(str::to_string)
                 .collect();
@@ -790,7 +809,7 @@ impl Lab {
         }
 
         let mut etc = st.etc_netns.clone();
-        if let Ok(rd) = std::fs::read_dir("/etc/netns") {
+        if scan && let Ok(rd) = std::fs::read_dir("/etc/netns") {
             etc.extend(rd.flatten().map(|e| e.path()).filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
@@ -802,6 +821,10 @@ impl Lab {
         }
         if layout.root.exists() {
             std::fs::remove_dir_all(&layout.root).map_err(io_err(&layout.root))?;
+        }
+        // The marker goes with the lab it names (or with a lab that no longer runs).
+        if scan {
+            let _ = std::fs::remove_file(topology::ACTIVE_MARKER);
         }
         Ok(report)
     }

@@ -112,8 +112,38 @@ pub fn ambient_cni_usable(bin_dir: &Path) -> bool {
         })
 }
 
+/// Names the state directory of the lab that holds the underlay (written by `up`, removed by
+/// `down`), so that no other lab tears down its network by mistake.
+pub const ACTIVE_MARKER: &str = "/run/meshlab-active";
+
+/// The state directory of another lab that is running (its control plane is alive), if any.
+pub fn other_active_lab(own: &Path) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::fs::read_to_string(ACTIVE_MARKER).ok()?.trim());
+    let same = |a: &Path, b: &Path| {
+        a == b
+            || (a.canonicalize().ok().is_some() && a.canonicalize().ok() == b.canonicalize().ok())
+    };
+    if same(&dir, own) {
+        return None;
+    }
+    let st = crate::state::load(&Layout::new(&dir)).ok()?;
+    st.processes
+        .get("controlplane")
+        .filter(|r| r.alive())
+        .map(|_| dir)
+}
+
 /// Refuses to start when another lab (or something else) holds the underlay.
 pub fn check_free(layout: &Layout) -> Result<()> {
+    if let Some(other) = other_active_lab(&layout.root) {
+        return Err(LabError::InUse {
+            what: format!("the lab network (a lab is running in {})", other.display()),
+            hint: format!(
+                "one lab per host: run `meshlab down --state-dir {}` first",
+                other.display()
+            ),
+        });
+    }
     if layout.lab_json().exists() {
         return Err(LabError::InUse {
             what: format!("state directory {}", layout.root.display()),

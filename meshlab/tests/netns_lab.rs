@@ -199,9 +199,17 @@ fn netns_service_via_kube_proxy_and_hosts() {
         state_dir: g.state_dir.with_extension("second"),
         ..config(&g, 1)
     };
+    // Cleaning up a second state directory (as a test guard does) leaves the running lab
+    // alone, and starting there is refused with the running lab's directory in the hint.
+    Lab::down_from_state(&other.state_dir).unwrap();
+    assert!(
+        sh("ip link show mlbr0").contains("mlbr0"),
+        "the running lab's network survives"
+    );
     let err = Lab::up(other).unwrap_err().to_string();
     assert!(
-        err.contains("mlbr0") && err.contains("already in use"),
+        err.contains("already in use")
+            && err.contains(&format!("meshlab down --state-dir {}", g.state_dir.display())),
         "{err}"
     );
     lab.apply_yaml(APPS).expect("apply");
