@@ -23,7 +23,7 @@ ARGS ?=
 
 step = @printf '\n==> %s\n' "$(1)"
 
-.PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone demo demo-hbone demo-require-root controlplane-demo clean distclean
+.PHONY: help test test-only setup build fmt fmt-check clippy check-layers bench-hbone bench-ztunnel demo demo-hbone demo-require-root controlplane-demo clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-13s %s\n", $$1, $$2 }'
@@ -69,6 +69,11 @@ bench-hbone: setup ## HBONE benchmark (hbone/examples/bench.rs); pass options wi
 	$(call step,bench-hbone)
 	@ENVOY_BIN="$$(bash scripts/envoy-path.sh)"; export ENVOY_BIN; \
 	$(CARGO) run --release --locked -p hbone --example bench -- $(ARGS)
+
+bench-ztunnel: setup ## ztunnel in the lab vs. direct TCP (meshlab/examples/bench_ztunnel.rs, root); ARGS="..."
+	$(call step,bench-ztunnel)
+	$(CARGO) build --release --locked --workspace --bins
+	$(CARGO) run --release --locked -p meshlab --example bench_ztunnel -- $(ARGS)
 
 # Where cargo puts its outputs (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
