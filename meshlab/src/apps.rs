@@ -221,8 +221,12 @@ async fn serve_conn(s: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
             resp.body.len(),
             if close { "connection: close\r\n" } else { "" },
         );
-        w.write_all(head.as_bytes()).await?;
-        w.write_all(body).await?;
+        // One write: head and body in separate segments would wait on the peer's delayed ACK
+        // (Nagle) on every kept-alive request.
+        let mut out = Vec::with_capacity(head.len() + body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body);
+        w.write_all(&out).await?;
         w.flush().await?;
         if close {
             return Ok(());

@@ -209,7 +209,10 @@ fn netns_service_via_kube_proxy_and_hosts() {
     let err = Lab::up(other).unwrap_err().to_string();
     assert!(
         err.contains("already in use")
-            && err.contains(&format!("meshlab down --state-dir {}", g.state_dir.display())),
+            && err.contains(&format!(
+                "meshlab down --state-dir {}",
+                g.state_dir.display()
+            )),
         "{err}"
     );
     lab.apply_yaml(APPS).expect("apply");
