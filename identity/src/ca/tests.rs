@@ -117,10 +117,10 @@ fn signs_only_the_authenticated_identity_with_exact_ttl() {
     assert_eq!(na - nb, 3600 + CLOCK_SKEW.as_secs() as i64);
     // A short lifetime is backdated by a tenth of it, so half life stays in the future.
     assert_eq!(
-        super::backdate(Duration::from_secs(16)),
+        backdate(Duration::from_secs(16)),
         Duration::from_millis(1600)
     );
-    assert_eq!(super::backdate(Duration::from_secs(86_400)), CLOCK_SKEW);
+    assert_eq!(backdate(Duration::from_secs(86_400)), CLOCK_SKEW);
     verify_with_webpki(&chain);
 
     // Serials are random.
