@@ -39,6 +39,7 @@
 
 pub mod apps;
 pub mod chart;
+pub mod curl;
 pub mod error;
 pub mod guard;
 pub mod objects;
@@ -53,6 +54,7 @@ pub mod wire;
 
 mod lab;
 
+pub use curl::Curl;
 pub use error::{LabError, Result};
 pub use guard::{HostLock, LabGuard, host_lock};
 pub use lab::{DownReport, Lab, LabConfig, NodeInfo, PodInfo};

@@ -23,10 +23,9 @@ use crate::guard::HostLock;
 use crate::lab::{DownReport, Lab, LabConfig};
 use crate::state::Backend;
 
-mod curl;
 mod teardown;
 
-use curl::{Curl, curl};
+use crate::curl::Curl;
 pub use teardown::tear_down_on_interrupt;
 use teardown::{LAB_OWNED, take_host_lock};
 
@@ -341,7 +340,7 @@ impl<W: Write> Tour<'_, W> {
         want: impl Fn(&Curl) -> bool,
     ) -> Result<(Curl, Duration), TourError> {
         self.wait_for(expected, |lab| {
-            let c = curl(lab, pod, ns, url)?;
+            let c = lab.curl(pod, ns, url, &[])?;
             Ok(if want(&c) { Ok(c) } else { Err(c.to_string()) })
         })
     }
@@ -757,20 +756,6 @@ mod tests {
             let got: Vec<&str> = objs.iter().map(|o| o.kind()).collect();
             assert_eq!(got, kinds, "{file}");
         }
-    }
-
-    #[test]
-    fn curl_outcomes() {
-        let c = |exit, code: &str| Curl {
-            exit,
-            code: code.into(),
-            stderr: String::new(),
-        };
-        assert!(c(0, "200").ok());
-        assert!(!c(0, "403").ok());
-        assert!(c(56, "000").reset());
-        assert!(!c(52, "000").reset(), "an empty reply is not a reset");
-        assert!(!c(0, "200").reset());
     }
 
     #[test]

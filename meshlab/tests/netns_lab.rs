@@ -100,28 +100,8 @@ fn config_with(g: &Guard, nodes: usize, backend: Backend) -> LabConfig {
 }
 
 fn curl_code(lab: &Lab, pod: &str, ns: &str, url: &str) -> String {
-    let out = lab
-        .exec(
-            pod,
-            ns,
-            &[
-                "curl",
-                "-sS",
-                "-m",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                url,
-            ],
-        )
-        .expect("exec");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let c = lab.curl(pod, ns, url, &[]).expect("exec");
+    format!("{}{}", c.code, c.stderr)
 }
 
 fn sh(cmd: &str) -> String {

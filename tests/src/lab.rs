@@ -3,17 +3,17 @@
 //! * [`start`]: a lab (host-wide lock, torn down on drop even when the test panics) built from
 //!   the binaries next to the test executable (`target/debug`), failing loudly when one is
 //!   missing or when not root;
-//! * [`Curl`]: `curl` run inside a pod, with its exit code, HTTP status and error text;
+//! * [`curl`]: `curl` run inside a pod ([`Curl`]: exit code, HTTP status, body, error text);
 //! * [`wait_until`]: bounded polling with a description for the failure message;
 //! * fixtures: the Istio samples the scenarios use, placed on chosen nodes.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use meshlab::{Backend, Lab, LabConfig, LabGuard, WireCounts, prom};
+pub use meshlab::{Backend, Curl, Lab, LabConfig, LabGuard, WireCounts, prom};
 
-/// Polls `f` every 200 ms until it returns `Some`, failing after `secs` with `what` and the
-/// last value seen (`describe` turns it into text for the message).
+/// Polls `f` every 200 ms until it returns `Ok`, failing after `secs` with `what` and the
+/// last `Err` value seen.
 #[track_caller]
 pub fn wait_until<T, S: std::fmt::Debug>(
     what: &str,
@@ -93,47 +93,10 @@ pub fn start(name: &str, backend: Backend) -> LabGuard {
     start_with(name, 2, backend, &[])
 }
 
-/// What `curl` inside a pod did.
-#[derive(Debug, Clone)]
-pub struct Curl {
-    /// curl's exit status (0 success, 7 refused, 28 timeout, 52 empty reply, 56 recv failure).
-    pub exit: i32,
-    /// `%{http_code}` ("000" when there was no response).
-    pub code: String,
-    /// The response body.
-    pub body: String,
-    /// curl's error text.
-    pub stderr: String,
-}
-
-impl Curl {
-    /// True for exit 0 and status 200.
-    pub fn ok(&self) -> bool {
-        self.exit == 0 && self.code == "200"
-    }
-}
-
-/// Runs `curl -sS -m 5 URL` (plus `extra` arguments) in a pod.
+/// Runs `curl -sS -m 5 URL` (plus `extra` arguments) in a pod ([`Lab::curl`]).
 pub fn curl(lab: &Lab, pod: &str, ns: &str, url: &str, extra: &[&str]) -> Curl {
-    const MARK: &str = "\n--http-code:";
-    let write_out = format!("{MARK}%{{http_code}}");
-    let mut argv = vec!["curl", "-sS", "-m", "5", "-w", &write_out];
-    argv.extend_from_slice(extra);
-    argv.push(url);
-    let out = lab
-        .exec(pod, ns, &argv)
-        .unwrap_or_else(|e| panic!("exec curl in {ns}/{pod}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = stdout
-        .rsplit_once(MARK)
-        .map(|(b, c)| (b.to_string(), c.trim().to_string()))
-        .unwrap_or((stdout.clone(), String::new()));
-    Curl {
-        exit: out.status.code().unwrap_or(-1),
-        code,
-        body,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    }
+    lab.curl(pod, ns, url, extra)
+        .unwrap_or_else(|e| panic!("exec curl in {ns}/{pod}: {e}"))
 }
 
 /// Polls `curl` until `want` holds for its result (bounded by `secs`); returns that result.

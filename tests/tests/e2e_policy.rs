@@ -9,7 +9,7 @@ use mesh_tests::lab::*;
 const PROPAGATION_SECS: u64 = 20;
 
 fn reset(c: &Curl) -> bool {
-    c.exit == 56 && c.code == "000" && c.stderr.contains("Connection reset by peer")
+    c.reset() && c.stderr.contains("Connection reset by peer")
 }
 
 fn refused(c: &Curl) -> bool {
