@@ -99,6 +99,8 @@ pub struct Options {
     pub httpbin: bool,
     pub backend: Backend,
     pub ztunnel_env: Vec<(String, String)>,
+    /// `ZTUNNEL_WORKER_THREADS` for both ztunnels; `None` keeps ztunnel's own default.
+    pub worker_threads: Option<String>,
     pub state_dir: PathBuf,
     pub bin_dir: PathBuf,
     pub out: Option<PathBuf>,
@@ -122,7 +124,10 @@ options:
   --httpbin            HTTP tests against the lab's httpbin app (port 80), not the bench's
                        own server (port 8080; see bench_ztunnel/http.rs for why)
   --backend B          redirection backend: iptables (default) or nftables
-  --ztunnel-env K=V    extra ztunnel environment (repeatable), e.g. ZTUNNEL_WORKER_THREADS=1
+  --worker-threads N   ZTUNNEL_WORKER_THREADS of each ztunnel (default 1, the setup of the
+                       reference figure for Istio's ztunnel); `default` keeps ztunnel's own
+                       default (2 here)
+  --ztunnel-env K=V    extra ztunnel environment (repeatable), e.g. HTTP2_FRAME_SIZE=65536
   --state-dir DIR      the lab's state directory (default /tmp/meshlab-bench)
   --bin-dir DIR        the workspace binaries (default MESHLAB_BIN_DIR, else target/release)
   --out DIR            where to save the report (default <workspace>/bench-results)
@@ -142,6 +147,7 @@ impl Options {
             httpbin: false,
             backend: Backend::Iptables,
             ztunnel_env: Vec::new(),
+            worker_threads: Some("1".into()),
             state_dir: PathBuf::from("/tmp/meshlab-bench"),
             bin_dir: default_bin_dir(),
             out: Some(PathBuf::from(concat!(
@@ -181,6 +187,16 @@ impl Options {
                         .with_context(|| format!("--ztunnel-env {kv:?}: expected KEY=VALUE"))?;
                     o.ztunnel_env.push((k.into(), v.into()));
                 }
+                "--worker-threads" => {
+                    let v = value()?;
+                    o.worker_threads = match v.as_str() {
+                        "default" => None,
+                        n if n.parse::<usize>().is_ok_and(|n| n > 0) => Some(v),
+                        _ => {
+                            bail!("--worker-threads {v:?}: expected a positive count or `default`")
+                        }
+                    };
+                }
                 "--state-dir" => o.state_dir = value()?.into(),
                 "--bin-dir" => o.bin_dir = value()?.into(),
                 "--out" => o.out = Some(value()?.into()),
@@ -192,6 +208,14 @@ impl Options {
         }
         if o.conn_connections == 0 {
             bail!("--conn-connections must be positive");
+        }
+        let threads_set = o
+            .ztunnel_env
+            .iter()
+            .any(|(k, _)| k == "ZTUNNEL_WORKER_THREADS");
+        if let (Some(n), false) = (&o.worker_threads, threads_set) {
+            o.ztunnel_env
+                .push(("ZTUNNEL_WORKER_THREADS".into(), n.clone()));
         }
         Ok(Some(o))
     }
