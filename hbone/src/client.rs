@@ -23,7 +23,7 @@ use http::{HeaderMap, Method, Request, Uri};
 use parking_lot::Mutex;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::cert::{BoxFuture, CertificateSource};
 use crate::config::ClientSettings;
@@ -313,6 +313,9 @@ impl Pool {
     ) -> Result<(Arc<Conn>, tokio::sync::oneshot::Receiver<()>), Error> {
         let s = &self.inner.settings;
         let dst = key.destination;
+        // Subscribed before the handshake, so a CRL installed during it is checked below too.
+        let revocations = s.tls.revocations.clone();
+        let mut crl_changes = revocations.as_ref().map(|r| r.subscribe());
         let cert = self.inner.certs.certificate(&key.source).await?;
         let tcp = match tokio::time::timeout(s.connect_timeout, self.inner.dialer.dial(dst)).await {
             Ok(Ok(tcp)) => tcp,
@@ -407,6 +410,8 @@ impl Pool {
             s.h2.keepalive_timeout,
         );
         let weak = Arc::downgrade(&conn);
+        let peer_certificate = conn.peer_certificate.clone();
+        let peer = conn.peer_identity.clone();
         let span = tracing::debug_span!("hbone_outbound", conn = id, %dst);
         tokio::spawn(
             async move {
@@ -418,14 +423,25 @@ impl Pool {
                     }
                     r
                 });
-                tokio::select! {
-                    result = drive => {
-                        if let Err(e) = result {
-                            debug!(error = %e, "HBONE connection closed with an error");
+                tokio::pin!(drive, keepalive);
+                loop {
+                    tokio::select! {
+                        result = &mut drive => {
+                            if let Err(e) = result {
+                                debug!(error = %e, "HBONE connection closed with an error");
+                            }
+                            break;
                         }
-                    }
-                    failure = keepalive => {
-                        info!(reason = %failure, "dropping HBONE connection: keepalive failed");
+                        failure = &mut keepalive => {
+                            info!(reason = %failure, "dropping HBONE connection: keepalive failed");
+                            break;
+                        }
+                        () = crate::crl::changed(&mut crl_changes) => {
+                            if revocations.as_ref().is_some_and(|r| r.is_revoked(&peer_certificate)) {
+                                warn!(%peer, "dropping HBONE connection and its tunnels: the server's certificate is revoked by the updated CRL");
+                                break;
+                            }
+                        }
                     }
                 }
                 if let Some(c) = weak.upgrade() {

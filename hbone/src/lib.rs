@@ -8,7 +8,7 @@
 //! What it owns:
 //! * [`Identity`]: SPIFFE workload identities;
 //! * [`tls`]: the mutual-TLS profile (TLS 1.3, AES-GCM, ALPN `h2`, no SNI) and the identity
-//!   checks on both sides;
+//!   checks on both sides; [`crl`]: revocation lists checked in those handshakes;
 //! * [`Server`]: accepts HBONE connections and hands each CONNECT stream to a [`Handler`];
 //! * [`Pool`]: the client, pooling connections by (source, expected peers, destination,
 //!   source IP);
@@ -24,6 +24,7 @@ pub mod cert;
 pub mod client;
 pub mod config;
 pub mod copy;
+pub mod crl;
 pub mod error;
 pub mod headers;
 pub mod identity;
@@ -37,6 +38,7 @@ pub use cert::{CertError, CertificateSource, StaticCertificate, WorkloadCertific
 pub use client::{ConnectRequest, DefaultDialer, Dialer, Pool, PoolKey, PoolStats, Tunnel};
 pub use config::{ClientSettings, H2Settings, ServerSettings};
 pub use copy::{Transferred, copy_bidirectional, copy_tcp};
+pub use crl::Revocations;
 pub use error::Error;
 pub use identity::{Identity, IdentityError};
 pub use server::{Handler, InboundRequest, Server};

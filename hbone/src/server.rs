@@ -244,6 +244,9 @@ impl Server {
 
     async fn connection(&self, tcp: TcpStream, peer_addr: SocketAddr, local_addr: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        // Subscribed before the handshake, so a CRL installed during it is checked below too.
+        let revocations = self.inner.settings.tls.revocations.clone();
+        let mut crl_changes = revocations.as_ref().map(|r| r.subscribe());
         let config = match self.tls_config().await {
             Ok(c) => c,
             Err(reason) => {
@@ -347,6 +350,14 @@ impl Server {
                     info!(reason = %failure, "closing HBONE connection: keepalive failed");
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
                     break;
+                }
+                () = crate::crl::changed(&mut crl_changes) => {
+                    if revocations.as_ref().is_some_and(|r| r.is_revoked(&ctx.peer_certificate)) {
+                        warn!(peer_identity = %ctx.peer_identity, %peer_addr,
+                            "closing HBONE connection and its tunnels: the peer's certificate is revoked by the updated CRL");
+                        conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                        break;
+                    }
                 }
             }
         }

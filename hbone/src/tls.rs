@@ -7,6 +7,8 @@
 //!   trust domain. Which identity it is, is for authorization to decide later.
 //! * Client: the server certificate must chain to the roots, allow `serverAuth`, and carry one
 //!   of the identities the caller expects for that destination. Host names are not checked.
+//! * Both: with [`TlsSettings::revocations`], no certificate of the peer's chain may be listed
+//!   in a CRL of its issuer (see [`crate::crl`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -18,6 +20,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::cert::{WorkloadCertificate, spiffe_identities};
+use crate::crl::{Revocations, Side};
 use crate::identity::{self, Identity};
 
 /// ALPN protocol HBONE negotiates.
@@ -30,6 +33,8 @@ pub struct TlsSettings {
     pub allow_tls12: bool,
     /// Longest a TLS handshake may take before the connection is dropped.
     pub handshake_timeout: Duration,
+    /// CRLs to check peers against (Istio's `CRL_PATH`); none by default.
+    pub revocations: Option<Revocations>,
 }
 
 impl Default for TlsSettings {
@@ -37,6 +42,7 @@ impl Default for TlsSettings {
         TlsSettings {
             allow_tls12: false,
             handshake_timeout: Duration::from_secs(10),
+            revocations: None,
         }
     }
 }
@@ -119,18 +125,31 @@ fn verify_chain(
     anchors: &[rustls::pki_types::TrustAnchor<'_>],
     now: UnixTime,
     usage: webpki::KeyUsage,
+    revocations: Option<(&Revocations, Side)>,
 ) -> Result<Vec<Identity>, rustls::Error> {
     let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-    cert.verify_for_usage(
+    let crls = revocations.map(|(r, _)| r.current());
+    let lists = crls.as_ref().map(|c| c.lists()).unwrap_or_default();
+    // No CRLs (the builder refuses an empty list): nothing to check.
+    let revocation = webpki::RevocationOptionsBuilder::new(&lists).ok().map(|b| {
+        b.with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build()
+    });
+    let verified = cert.verify_for_usage(
         algorithms().all,
         anchors,
         intermediates,
         now,
         usage,
+        revocation,
         None,
-        None,
-    )
-    .map_err(pki_error)?;
+    );
+    if let (Err(webpki::Error::CertRevoked), Some((r, side))) = (&verified, revocations) {
+        r.count_rejection(side);
+    }
+    verified.map_err(pki_error)?;
     Ok(spiffe_identities(end_entity))
 }
 
@@ -143,6 +162,7 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::RequiredEkuNotFoundContext(_) => CertificateError::InvalidPurpose,
+        E::CertRevoked => CertificateError::Revoked,
         other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(ce)
@@ -157,6 +177,7 @@ fn other_cert_error(e: PeerCertError) -> rustls::Error {
 struct TrustDomainClientVerifier {
     anchors: Arc<[rustls::pki_types::TrustAnchor<'static>]>,
     trust_domain: String,
+    revocations: Option<Revocations>,
 }
 
 impl ClientCertVerifier for TrustDomainClientVerifier {
@@ -184,6 +205,7 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
             &self.anchors,
             now,
             webpki::KeyUsage::client_auth(),
+            self.revocations.as_ref().map(|r| (r, Side::Server)),
         )?;
         if ids.iter().any(|id| id.trust_domain() == self.trust_domain) {
             Ok(ClientCertVerified::assertion())
@@ -223,6 +245,7 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
 struct ExpectedIdentityVerifier {
     anchors: Arc<[rustls::pki_types::TrustAnchor<'static>]>,
     expected: Vec<Identity>,
+    revocations: Option<Revocations>,
 }
 
 impl ServerCertVerifier for ExpectedIdentityVerifier {
@@ -240,6 +263,7 @@ impl ServerCertVerifier for ExpectedIdentityVerifier {
             &self.anchors,
             now,
             webpki::KeyUsage::server_auth(),
+            self.revocations.as_ref().map(|r| (r, Side::Client)),
         )?;
         if ids.iter().any(|id| self.expected.contains(id)) {
             Ok(ServerCertVerified::assertion())
@@ -309,6 +333,7 @@ pub(crate) fn server_config(
     let verifier = TrustDomainClientVerifier {
         anchors: cert.anchors().into(),
         trust_domain: cert.trust_domain().to_string(),
+        revocations: settings.revocations.clone(),
     };
     let mut config = rustls::ServerConfig::builder_with_provider(provider_ref().clone())
         .with_protocol_versions(versions(settings))?
@@ -329,6 +354,7 @@ pub(crate) fn client_config(
     let verifier = ExpectedIdentityVerifier {
         anchors: cert.anchors().into(),
         expected: expected.to_vec(),
+        revocations: settings.revocations.clone(),
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider_ref().clone())
         .with_protocol_versions(versions(settings))?
@@ -376,6 +402,9 @@ pub(crate) fn describe_error(err: &rustls::Error) -> String {
                 "peer certificate is not allowed for this use (extended key usage)".into()
             }
             CertificateError::BadEncoding => "peer certificate cannot be decoded".into(),
+            CertificateError::Revoked => {
+                "peer certificate has been revoked (listed in the CRL of CRL_PATH)".into()
+            }
             other => format!("peer certificate rejected: {other:?}"),
         },
         E::NoCertificatesPresented => "peer presented no certificate".into(),

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -63,6 +64,8 @@ pub struct Leaf {
     pub key_pem: String,
     /// Root certificate(s), PEM.
     pub roots_pem: String,
+    /// The leaf's serial number (what a CRL lists).
+    pub serial: Vec<u8>,
 }
 
 impl Leaf {
@@ -163,13 +166,53 @@ impl TestCa {
         }
         params.not_before = opts.not_before.into();
         params.not_after = opts.not_after.into();
+        let serial = next_serial();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Leaf {
             chain_pem: format!("{}{}", cert.pem(), self.intermediates_pem),
             key_pem: key.serialize_pem(),
             roots_pem: self.root_pem.clone(),
+            serial,
         }
     }
+
+    /// A CRL signed by this CA listing `revoked` (PEM), as an operator would put at `CRL_PATH`.
+    pub fn crl(&self, revoked: &[&Leaf]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: SerialNumber::from_slice(&next_serial()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|leaf| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&leaf.serial),
+                    revocation_time: now - time::Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("sign CRL")
+            .pem()
+            .expect("encode CRL")
+    }
+}
+
+/// A positive, unique 8-byte serial number.
+fn next_serial() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = (base ^ NEXT.fetch_add(1, Ordering::Relaxed).rotate_left(40)) & 0x3fff_ffff_ffff_ffff;
+    (n | 0x0100_0000_0000_0000).to_be_bytes().to_vec()
 }
 
 /// Starts a TCP echo server on loopback; returns its address. Each connection echoes until

@@ -195,13 +195,16 @@ pub fn start(
     shutdown: meshcore::drain::DrainWatch,
     manager_ready: crate::admin::ReadyTask,
     cert_ready: crate::admin::ReadyTask,
+    revocations: Option<hbone::Revocations>,
 ) -> Result<DataPlane, String> {
     if !config.proxy {
         manager_ready.mark_ready();
         cert_ready.mark_ready();
         return Ok(DataPlane::Disabled);
     }
-    let settings = proxy_settings(config);
+    let mut settings = proxy_settings(config);
+    settings.pool.tls.revocations = revocations.clone();
+    settings.server.tls.revocations = revocations;
     let dns = DnsSettings::from_config(config);
     match config.proxy_mode {
         ProxyMode::Dedicated => {

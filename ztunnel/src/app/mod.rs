@@ -6,6 +6,7 @@
 //! network namespaces, which must never happen on a runtime thread).
 
 pub mod control;
+pub mod crl;
 pub mod data;
 
 use std::process::ExitCode;
@@ -98,6 +99,14 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
     });
     let cert_ready = readiness.register("workload certificate");
 
+    let revocations = match &config.crl_path {
+        Some(path) => {
+            let revocations = crl::load(path)?;
+            crl::watch(path.clone(), revocations.clone(), watch.clone());
+            Some(revocations)
+        }
+        None => None,
+    };
     let control = control::start(&config, state_ready)
         .await
         .map_err(|e| e.to_string())?;
@@ -108,6 +117,7 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         watch.clone(),
         proxy_ready,
         cert_ready,
+        revocations,
     )
     .map_err(|e| format!("cannot start the proxy: {e}"))?;
 
