@@ -387,6 +387,44 @@ impl CaSigner {
         })
     }
 
+    /// A CRL signed by this CA revoking the certificates with these serial numbers (hex, as
+    /// `/config_dump` shows them; `:` separators allowed), valid for `validity`: what an
+    /// operator mounts at ztunnel's `CRL_PATH`.
+    pub fn revocation_list(
+        &self,
+        serials_hex: &[&str],
+        validity: Duration,
+    ) -> Result<String, CaError> {
+        let now = SystemTime::now();
+        let revoked_certs = serials_hex
+            .iter()
+            .map(|hex| {
+                let bytes = parse_hex(hex).ok_or_else(|| {
+                    CaError::InvalidRequest(format!("serial {hex:?} is not a hex number"))
+                })?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now.into(),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: (now - CLOCK_SKEW).into(),
+            next_update: (now + validity).into(),
+            crl_number: random_serial(),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params
+            .signed_by(&self.issuer)
+            .map_err(|e| CaError::Signing(format!("signing the CRL: {e}")))?;
+        crl.pem()
+            .map_err(|e| CaError::Signing(format!("encoding the CRL: {e}")))
+    }
+
     /// The root certificate(s), PEM (what workloads and the CA client trust).
     pub fn root_pem(&self) -> String {
         self.roots.concat()
@@ -453,6 +491,18 @@ fn leaf_params(ttl: Duration) -> Result<CertificateParams, CaError> {
 }
 
 /// 128 random bits, positive and without a leading zero byte (RFC 5280 §4.1.2.2).
+/// `0a1b…` or `0a:1b:…` as bytes.
+fn parse_hex(hex: &str) -> Option<Vec<u8>> {
+    let digits: String = hex.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || digits.len() % 2 != 0 {
+        return None;
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] = (bytes[0] & 0x7f) | 0x40;

@@ -493,7 +493,85 @@ fn foreign_trust_domain_is_refused(backend: Backend) {
     });
 }
 
+/// `CRL_PATH` end to end: ztunnel starts with a CRL that revokes nobody here; once the file
+/// lists sleep's certificate (signed by the mesh's CA, serial from the config dump), node1's
+/// ztunnel closes the live tunnel, refuses new handshakes from that certificate and counts them.
+fn revoked_workload_certificate_is_refused(backend: Backend) {
+    let crl_path =
+        std::env::temp_dir().join(format!("mesh-e2e-crl-{}-{backend}.pem", std::process::id()));
+    let unrelated = identity::CaSigner::generate("elsewhere.local").unwrap();
+    let nobody = unrelated
+        .revocation_list(&[], Duration::from_secs(86400))
+        .unwrap();
+    std::fs::write(&crl_path, nobody).unwrap();
+    let lab = start_with(
+        "crl",
+        2,
+        backend,
+        &[("CRL_PATH", crl_path.to_str().unwrap())],
+    );
+    ambient(&lab);
+
+    let slow = {
+        let lab = (*lab).clone();
+        std::thread::spawn(move || {
+            curl(
+                &lab,
+                "sleep",
+                "default",
+                "http://httpbin.default:8000/delay/8",
+                &["-m", "30"],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let serial = sleep_cert(&lab)["serial"]
+        .as_str()
+        .expect("sleep's serial")
+        .to_string();
+    let ca = identity::CaSigner::from_plugged(&lab.state_dir().join("controlplane/ca"))
+        .expect("the lab's CA");
+    let revoking = ca
+        .revocation_list(&[&serial], Duration::from_secs(86400))
+        .unwrap();
+    std::fs::write(&crl_path, revoking).unwrap();
+
+    let started = std::time::Instant::now();
+    let c = slow.join().unwrap();
+    assert!(
+        !c.ok() && started.elapsed() < Duration::from_secs(7),
+        "the request in flight is cut when its certificate is revoked: {c:?} after {:?}",
+        started.elapsed()
+    );
+    let refused = curl_until(
+        &lab,
+        ("sleep", "default"),
+        URL,
+        10,
+        "new requests with the revoked certificate fail",
+        |c| !c.ok(),
+    );
+    assert_eq!(refused.exit, 56, "refused with a reset: {refused:?}");
+    // The counter is refreshed with each check of the file (every 2 s).
+    wait_until("node1's ztunnel counts the refusals", 10, || {
+        let rejected = ztunnel_metric(
+            &lab,
+            "istio_crl_policy_rejections_total",
+            &[("reporter", "destination")],
+        );
+        if rejected >= 1.0 {
+            Ok(())
+        } else {
+            Err(rejected)
+        }
+    });
+    let log = lab.logs("ztunnel", Some("node1")).unwrap();
+    assert!(log.contains("revoked"), "ztunnel says why: {log}");
+    let _ = std::fs::remove_file(&crl_path);
+}
+
 both_backends!(
+    revoked_workload_certificate_is_refused,
     foreign_trust_domain_is_refused,
     s11_certificate_issuance_and_rotation,
     ztunnel_restart_replays_the_snapshot,

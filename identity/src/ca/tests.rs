@@ -316,3 +316,36 @@ fn state_dir_persists_and_reloads_the_same_root() {
     );
     let _ = fs::remove_dir_all(dir.parent().unwrap());
 }
+
+#[test]
+fn revocation_lists_revoke_exactly_the_listed_serials() {
+    let ca = CaSigner::generate("cluster.local").unwrap();
+    let identity = id("spiffe://cluster.local/ns/default/sa/sleep");
+    let issue = || {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let chain = ca
+            .sign_csr(&csr_with_extras(&key), &identity, Duration::from_secs(3600))
+            .unwrap();
+        der_of(&chain[0])
+    };
+    let (revoked, kept) = (issue(), issue());
+    let serial = hbone::cert::serial_of(&revoked).unwrap();
+    // `/config_dump` hex, with or without separators.
+    let with_colons: Vec<String> = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    for written in [serial.clone(), with_colons.join(":")] {
+        let pem = ca
+            .revocation_list(&[&written], Duration::from_secs(86400))
+            .unwrap();
+        let crls = hbone::Revocations::new(hbone::crl::parse_pem(pem.as_bytes()).unwrap());
+        assert!(crls.is_revoked(&revoked), "{written} is listed");
+        assert!(!crls.is_revoked(&kept), "another serial is not");
+    }
+    let err = ca
+        .revocation_list(&["xyz"], Duration::from_secs(60))
+        .unwrap_err();
+    assert!(err.to_string().contains("xyz"), "{err}");
+}
