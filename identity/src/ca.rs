@@ -494,7 +494,7 @@ fn leaf_params(ttl: Duration) -> Result<CertificateParams, CaError> {
 /// `0a1b…` or `0a:1b:…` as bytes.
 fn parse_hex(hex: &str) -> Option<Vec<u8>> {
     let digits: String = hex.chars().filter(|c| *c != ':').collect();
-    if digits.is_empty() || digits.len() % 2 != 0 {
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
         return None;
     }
     (0..digits.len())
