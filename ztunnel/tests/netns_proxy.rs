@@ -942,3 +942,86 @@ async fn netns_hbone_inbound_statuses() {
     );
     lab.shutdown().await;
 }
+
+/// A destination with a PROXY application tunnel (a waypoint's "sandwich" binding) gets the
+/// connection on its loopback port with a PROXY v2 header naming the client, then the bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_app_tunnel_gets_a_proxy_v2_header() {
+    let lab = Lab::new("apptun", 78).await;
+    let net = lab.net;
+    let tunnelled = mesh_yaml(net).replace(
+        "  canonicalRevision: v2\n",
+        "  canonicalRevision: v2\n  applicationTunnel: {protocol: PROXY, port: 15088}\n",
+    );
+    state::local::load(&lab.state, &tunnelled).expect("app tunnel config");
+    // The app: on the pod's loopback only; reports what the header said, then echoes.
+    lab.server
+        .run(async move {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", 15088))
+                .await
+                .expect("bind the tunnel port");
+            tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut head = [0u8; 16];
+                s.read_exact(&mut head).await.unwrap();
+                let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+                let mut rest = vec![0u8; len];
+                s.read_exact(&mut rest).await.unwrap();
+                let src = std::net::Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+                let dst = std::net::Ipv4Addr::new(rest[4], rest[5], rest[6], rest[7]);
+                let dport = u16::from_be_bytes([rest[10], rest[11]]);
+                let tlv = String::from_utf8_lossy(&rest[15..]).into_owned();
+                let mut payload = [0u8; 4];
+                s.read_exact(&mut payload).await.unwrap();
+                let report = format!(
+                    "sig={} cmd={:#x} fam={:#x} src={src} dst={dst}:{dport} tlv={:#x}:{tlv} payload={}\n",
+                    &head[..12] == b"\r\n\r\n\0\r\nQUIT\n",
+                    head[12],
+                    head[13],
+                    rest[12],
+                    String::from_utf8_lossy(&payload)
+                );
+                s.write_all(report.as_bytes()).await.unwrap();
+                let _ = s.shutdown().await;
+            });
+        })
+        .await;
+    let client_cert = lab.client_cert.clone();
+    let server = lab.addr(2, 15008);
+    let report = lab
+        .client
+        .run(async move {
+            let connector = Connector {
+                sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
+                tcp: Default::default(),
+                timeout: WAIT,
+                orig_src: OrigSrc::Never,
+            };
+            let pool = hbone::Pool::new(
+                hbone::ClientSettings::default(),
+                client_cert,
+                Arc::new(FactoryDialer(connector)),
+            );
+            let req = hbone::ConnectRequest {
+                source: id("client"),
+                expected: vec![id("server")],
+                destination: server,
+                source_ip: None,
+                authority: format!("10.77.{net}.2:{APP_PORT}"),
+                headers: Default::default(),
+            };
+            let mut tunnel = pool.connect(req).await.expect("200 from the tunnel");
+            tunnel.stream.write_all(b"ping").await.unwrap();
+            let mut report = String::new();
+            tunnel.stream.read_to_string(&mut report).await.unwrap();
+            report
+        })
+        .await;
+    assert_eq!(
+        report,
+        format!(
+            "sig=true cmd=0x21 fam=0x11 src=10.77.{net}.1 dst=10.77.{net}.2:{APP_PORT} tlv=0xd0:spiffe://cluster.local/ns/mesh/sa/client payload=ping\n"
+        )
+    );
+    lab.shutdown().await;
+}

@@ -64,6 +64,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         response_baggage: config.enable_response_baggage,
         authz_info_logging: config.authz_policy_info_logging,
         network: config.network.clone(),
+        localhost_app_tunnel: config.localhost_app_tunnel,
         pool,
         server,
         ..ProxySettings::default()

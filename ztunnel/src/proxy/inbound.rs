@@ -14,6 +14,8 @@
 //!
 //! Then [`handle`] connects to `<local ip>:<port>` with the client's IP as source when allowed
 //! (503 on failure), answers 200 (with the destination's `baggage` when enabled), and copies.
+//! A workload with a PROXY application tunnel is reached as [`super::app_tunnel`] decides,
+//! with the PROXY v2 header written before the payload.
 //! Request baggage is only used for telemetry, when the source is not found by IP.
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +28,7 @@ use state::model::GatewayAddress;
 use state::{AuthzDecision, ConnectionInfo, MeshView, Service, Workload};
 use tracing::{Instrument, debug, info};
 
+use super::app_tunnel::{self, AppTunnel};
 use super::error::ProxyError;
 use super::io::{ByteCounts, Counted, Side};
 use super::telemetry::{ConnectionContext, Direction, PeerInfo, SecurityPolicy, ServiceInfo};
@@ -260,6 +263,8 @@ async fn handle_stream(ctx: Arc<ProxyCtx>, req: InboundRequest) {
         let view = ctx.state.read();
         let s = &ctx.settings;
         decide_inbound(&view, &local, &s.network, &s.illegal_ports, &facts).map(|plan| {
+            let tunnel =
+                app_tunnel::decide(&local, &s.network, s.localhost_app_tunnel, &facts, &plan);
             let conn = inbound_context(
                 &view,
                 &local,
@@ -269,10 +274,10 @@ async fn handle_stream(ctx: Arc<ProxyCtx>, req: InboundRequest) {
                 &meta,
                 &plan,
             );
-            (plan, conn)
+            (plan, tunnel, conn)
         })
     };
-    let (plan, conn) = match decided {
+    let (plan, tunnel, conn) = match decided {
         Ok(d) => d,
         Err(e) => {
             ctx.failed(Direction::Inbound, peer, Some(local_addr), &e);
@@ -292,7 +297,7 @@ async fn handle_stream(ctx: Arc<ProxyCtx>, req: InboundRequest) {
     let mut reg = ctx.tracker.register(Some(plan.subject.clone()));
     let counts = Arc::new(counts);
     let result = tokio::select! {
-        r = proxy(&ctx, req, &plan, &local, &counts) => r,
+        r = proxy(&ctx, req, &plan, tunnel, &local, &counts) => r,
         e = close_requested(&mut reg) => Err(e),
     };
     ctx.closed(&conn, started, &counts, &result);
@@ -314,14 +319,25 @@ async fn proxy(
     ctx: &ProxyCtx,
     req: InboundRequest,
     plan: &InboundPlan,
+    tunnel: Option<AppTunnel>,
     local: &Workload,
     counts: &Arc<ByteCounts>,
 ) -> Result<(), ProxyError> {
-    let upstream = match ctx
-        .connector
-        .connect_as(plan.upstream, plan.subject.src_ip)
-        .await
-    {
+    let connected = match &tunnel {
+        // To the app's loopback: from our own loopback address.
+        Some(t) if t.upstream.ip().is_loopback() => ctx.connector.connect(t.upstream).await,
+        Some(t) => {
+            ctx.connector
+                .connect_as(t.upstream, plan.subject.src_ip)
+                .await
+        }
+        None => {
+            ctx.connector
+                .connect_as(plan.upstream, plan.subject.src_ip)
+                .await
+        }
+    };
+    let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
             req.reject(e.http_status());
@@ -338,6 +354,13 @@ async fn proxy(
         .accept(headers)
         .map_err(|e| ProxyError::Respond(e.to_string()))?;
     let mut upstream = upstream;
+    if let Some(t) = &tunnel {
+        use tokio::io::AsyncWriteExt;
+        upstream
+            .write_all(&t.header.encode())
+            .await
+            .map_err(ProxyError::Io)?;
+    }
     let (r, w) = upstream.split();
     hbone::copy_bidirectional(
         Counted::new(r, counts.clone(), Side::Server),

@@ -27,6 +27,7 @@
 //!
 //! Inputs are plain structs ([`ProxyInputs`]); the app maps its config onto them.
 
+pub mod app_tunnel;
 pub mod error;
 pub mod inbound;
 pub mod io;
@@ -142,6 +143,8 @@ pub struct ProxySettings {
     pub authz_info_logging: bool,
     /// `NETWORK`: this node's network (workload lookups by IP).
     pub network: String,
+    /// `LOCALHOST_APP_TUNNEL`: application tunnels (PROXY protocol) go to loopback.
+    pub localhost_app_tunnel: bool,
     /// How long a connection waits for the local workload to appear in the state (5 s).
     pub workload_wait: Duration,
     /// The HBONE client pool (`POOL_*`, `HTTP2_*`).
@@ -163,6 +166,7 @@ impl Default for ProxySettings {
             response_baggage: true,
             authz_info_logging: false,
             network: String::new(),
+            localhost_app_tunnel: true,
             workload_wait: Duration::from_secs(5),
             pool: hbone::ClientSettings::default(),
             server: hbone::ServerSettings::default(),
