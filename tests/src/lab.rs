@@ -99,6 +99,16 @@ pub fn curl(lab: &Lab, pod: &str, ns: &str, url: &str, extra: &[&str]) -> Curl {
         .unwrap_or_else(|e| panic!("exec curl in {ns}/{pod}: {e}"))
 }
 
+/// `GET http://httpbin.default:8000/delay/<secs>` from `default/sleep`, run in the background
+/// (`curl -m 30`): a long request in flight while a test changes something under it.
+pub fn slow_request(lab: &Lab, secs: u32) -> std::thread::JoinHandle<Curl> {
+    let lab = lab.clone();
+    std::thread::spawn(move || {
+        let url = format!("http://httpbin.default:8000/delay/{secs}");
+        curl(&lab, "sleep", "default", &url, &["-m", "30"])
+    })
+}
+
 /// Polls `curl` until `want` holds for its result (bounded by `secs`); returns that result.
 #[track_caller]
 pub fn curl_until(

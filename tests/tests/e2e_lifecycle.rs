@@ -91,18 +91,7 @@ fn s11_certificate_issuance_and_rotation(backend: Backend) {
     );
 
     // A 10 s request across the rotation, on the pooled connection.
-    let slow = {
-        let lab = (*lab).clone();
-        std::thread::spawn(move || {
-            curl(
-                &lab,
-                "sleep",
-                "default",
-                "http://httpbin.default:8000/delay/10",
-                &["-m", "30"],
-            )
-        })
-    };
+    let slow = slow_request(&lab, 10);
     let first_serial = first["serial"].clone();
     let first_expiry = not_after(&chain[0]);
     let renewed = wait_until("the certificate is renewed", 30, || {
@@ -240,18 +229,7 @@ fn cni_agent_restart_keeps_traffic_and_rules(backend: Backend) {
     let netns = pod_netns(&lab, "default", "httpbin");
     let rules_before = rules(backend, &netns);
     assert!(rules_before.contains("15006"), "{rules_before}");
-    let slow = {
-        let lab = (*lab).clone();
-        std::thread::spawn(move || {
-            curl(
-                &lab,
-                "sleep",
-                "default",
-                "http://httpbin.default:8000/delay/3",
-                &["-m", "20"],
-            )
-        })
-    };
+    let slow = slow_request(&lab, 3);
     lab.restart("cni-agent", "node1", Duration::from_secs(5))
         .unwrap();
     let c = slow.join().unwrap();
@@ -512,18 +490,7 @@ fn revoked_workload_certificate_is_refused(backend: Backend) {
     );
     ambient(&lab);
 
-    let slow = {
-        let lab = (*lab).clone();
-        std::thread::spawn(move || {
-            curl(
-                &lab,
-                "sleep",
-                "default",
-                "http://httpbin.default:8000/delay/8",
-                &["-m", "30"],
-            )
-        })
-    };
+    let slow = slow_request(&lab, 8);
     std::thread::sleep(Duration::from_millis(500));
     let serial = sleep_cert(&lab)["serial"]
         .as_str()

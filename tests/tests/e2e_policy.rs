@@ -382,18 +382,7 @@ fn s10_namespaces_ports_ip_blocks_and_deny_precedence(backend: Backend) {
 fn policy_change_closes_live_connections(backend: Backend) {
     let lab = lab_with_legacy("live", backend);
     // A request that takes 10 s runs in the background while deny-all arrives.
-    let slow = {
-        let lab = (*lab).clone();
-        std::thread::spawn(move || {
-            curl(
-                &lab,
-                "sleep",
-                "default",
-                "http://httpbin.default:8000/delay/10",
-                &["-m", "30"],
-            )
-        })
-    };
+    let slow = slow_request(&lab, 10);
     // The connection is open once the destination ztunnel counts it.
     wait_until("the slow request's connection is open", 10, || {
         let open = ztunnel_metric(

@@ -378,6 +378,10 @@ impl Lab {
             settings: ProxySettings {
                 orig_src: OrigSrc::Auto,
                 termination_deadline: Duration::from_secs(1),
+                ports: ztunnel::proxy::Ports {
+                    socks5: Some(0),
+                    ..Default::default()
+                },
                 ..ProxySettings::default()
             },
             telemetry: sink,
@@ -859,17 +863,7 @@ async fn netns_hbone_inbound_statuses() {
     let statuses = lab
         .client
         .run(async move {
-            let connector = Connector {
-                sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
-                tcp: Default::default(),
-                timeout: WAIT,
-                orig_src: OrigSrc::Never,
-            };
-            let pool = hbone::Pool::new(
-                hbone::ClientSettings::default(),
-                client_cert,
-                Arc::new(FactoryDialer(connector)),
-            );
+            let pool = hbone_client(client_cert);
             let open = |authority: String| {
                 let pool = pool.clone();
                 async move {
@@ -943,6 +937,21 @@ async fn netns_hbone_inbound_statuses() {
     lab.shutdown().await;
 }
 
+/// An HBONE client pool as the client node's ztunnel would dial (marked sockets).
+fn hbone_client(cert: Arc<StaticCertificate>) -> hbone::Pool {
+    let connector = Connector {
+        sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
+        tcp: Default::default(),
+        timeout: WAIT,
+        orig_src: OrigSrc::Never,
+    };
+    hbone::Pool::new(
+        hbone::ClientSettings::default(),
+        cert,
+        Arc::new(FactoryDialer(connector)),
+    )
+}
+
 /// A destination with a PROXY application tunnel (a waypoint's "sandwich" binding) gets the
 /// connection on its loopback port with a PROXY v2 header naming the client, then the bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -991,17 +1000,7 @@ async fn netns_app_tunnel_gets_a_proxy_v2_header() {
     let report = lab
         .client
         .run(async move {
-            let connector = Connector {
-                sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
-                tcp: Default::default(),
-                timeout: WAIT,
-                orig_src: OrigSrc::Never,
-            };
-            let pool = hbone::Pool::new(
-                hbone::ClientSettings::default(),
-                client_cert,
-                Arc::new(FactoryDialer(connector)),
-            );
+            let pool = hbone_client(client_cert);
             let req = hbone::ConnectRequest {
                 source: id("client"),
                 expected: vec![id("server")],
@@ -1023,5 +1022,46 @@ async fn netns_app_tunnel_gets_a_proxy_v2_header() {
             "sig=true cmd=0x21 fam=0x11 src=10.77.{net}.1 dst=10.77.{net}.2:{APP_PORT} tlv=0xd0:spiffe://cluster.local/ns/mesh/sa/client payload=ping\n"
         )
     );
+    lab.shutdown().await;
+}
+
+/// SOCKS5 (`UNSTABLE_ENABLE_SOCKS5`): a CONNECT on the pod's loopback listener is carried like
+/// a captured connection: over HBONE with the client's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_socks5_connect_goes_through_hbone() {
+    let lab = Lab::new("socks", 79).await;
+    let socks = lab
+        .client_proxy
+        .as_ref()
+        .and_then(|p| p.socks5_addr())
+        .expect("the SOCKS5 listener");
+    assert!(socks.ip().is_loopback(), "{socks}");
+    let target = lab.addr(2, APP_PORT);
+    let client_ip = lab.addr(1, 0).ip().to_string();
+    let seen = lab
+        .client
+        .run(async move {
+            let mut tcp = TcpStream::connect(socks).await.expect("connect SOCKS5");
+            let std::net::IpAddr::V4(ip) = target.ip() else {
+                unreachable!()
+            };
+            let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+            req.extend_from_slice(&ip.octets());
+            req.extend_from_slice(&target.port().to_be_bytes());
+            tcp.write_all(&req).await.unwrap();
+            let mut answer = [0u8; 12];
+            tcp.read_exact(&mut answer).await.unwrap();
+            assert_eq!(answer[..2], [5, 0], "no authentication");
+            assert_eq!(answer[2..4], [5, 0], "CONNECT succeeded");
+            exchange(tcp, "hello via socks").await
+        })
+        .await;
+    assert_eq!(seen, client_ip, "the server app sees the client's address");
+    let (ctx, out) = lab.client_sink.closed(1).await;
+    assert_eq!(out.flag, ResponseFlag::None, "{out:?}");
+    assert_eq!(ctx.security, SecurityPolicy::MutualTls);
+    assert_eq!(ctx.destination_identity, Some(id("server")));
+    let (ctx, _) = lab.server_sink.closed(1).await;
+    assert_eq!(ctx.source_identity, Some(id("client")));
     lab.shutdown().await;
 }

@@ -80,6 +80,7 @@ const ANY: Ports = Ports {
     outbound: 0,
     inbound_plaintext: 0,
     hbone: 0,
+    socks5: None,
 };
 
 #[tokio::test]

@@ -42,7 +42,10 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     let socket = &config.socket;
     ProxySettings {
         ipv6: config.ipv6_enabled,
-        ports: Ports::default(),
+        ports: Ports {
+            socks5: config.socks5_addr.map(|a| a.port()),
+            ..Ports::default()
+        },
         illegal_ports: config.illegal_ports(),
         orig_src: match config.require_original_source {
             // Dedicated mode has no in-pod rules routing replies back to a transparent socket,
@@ -131,7 +134,7 @@ impl DnsSettings {
 
 /// The running data plane.
 pub enum DataPlane {
-    Dedicated(ProxyHandle, Option<DnsHandle>),
+    Dedicated(Box<ProxyHandle>, Option<DnsHandle>),
     Shared(tokio::task::JoinHandle<()>),
     Disabled,
 }
@@ -254,7 +257,7 @@ pub fn start(
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
             let dns = start_dns(&dns, state, sockets, &namespace);
             manager_ready.mark_ready();
-            Ok(DataPlane::Dedicated(handle, dns))
+            Ok(DataPlane::Dedicated(Box::new(handle), dns))
         }
         ProxyMode::Shared => {
             // Pods get certificates as they are added; readiness follows the ZDS snapshot.

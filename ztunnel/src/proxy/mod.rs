@@ -33,6 +33,7 @@ pub mod inbound;
 pub mod io;
 pub mod outbound;
 pub mod plaintext;
+pub mod socks5;
 pub mod telemetry;
 pub mod tracker;
 
@@ -108,6 +109,8 @@ pub struct Ports {
     pub outbound: u16,
     pub inbound_plaintext: u16,
     pub hbone: u16,
+    /// SOCKS5 on `127.0.0.1` (`UNSTABLE_ENABLE_SOCKS5`); off by default.
+    pub socks5: Option<u16>,
 }
 
 impl Default for Ports {
@@ -116,6 +119,7 @@ impl Default for Ports {
             outbound: OUTBOUND_PORT,
             inbound_plaintext: INBOUND_PLAINTEXT_PORT,
             hbone: HBONE_PORT,
+            socks5: None,
         }
     }
 }
@@ -432,6 +436,7 @@ pub struct ProxyHandle {
     outbound_addr: SocketAddr,
     inbound_plaintext_addr: SocketAddr,
     hbone_addr: SocketAddr,
+    socks5_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ProxyHandle {
@@ -482,6 +487,21 @@ impl Proxy {
         let outbound = bind("outbound", settings.ports.outbound)?;
         let plaintext = bind("inbound plaintext", settings.ports.inbound_plaintext)?;
         let hbone_listener = bind("inbound HBONE", settings.ports.hbone)?;
+        let socks5 = match settings.ports.socks5 {
+            Some(port) => {
+                let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+                let listener =
+                    sockets
+                        .tcp_listener(addr, false)
+                        .map_err(|source| StartError::Bind {
+                            what: "SOCKS5",
+                            addr,
+                            source,
+                        })?;
+                Some(listener)
+            }
+            None => None,
+        };
         let local = |l: &tokio::net::TcpListener| {
             l.local_addr().map_err(|source| StartError::Bind {
                 what: "local address",
@@ -494,6 +514,7 @@ impl Proxy {
             local(&plaintext)?,
             local(&hbone_listener)?,
         );
+        let socks5_addr = socks5.as_ref().map(local).transpose()?;
 
         let connector = Connector {
             sockets,
@@ -508,7 +529,8 @@ impl Proxy {
         );
         // Our actual ports are never a target either (they differ from the standard ones only
         // when bound to port 0, e.g. in tests): a connection to them would loop.
-        for port in [outbound_addr, inbound_plaintext_addr, hbone_addr].map(|a| a.port()) {
+        let own = [outbound_addr, inbound_plaintext_addr, hbone_addr];
+        for port in own.iter().chain(&socks5_addr).map(|a| a.port()) {
             if !settings.illegal_ports.contains(&port) {
                 settings.illegal_ports.push(port);
             }
@@ -537,6 +559,11 @@ impl Proxy {
         tasks.push(tokio::spawn(
             async move { hbone_server.serve(hbone_listener).await }.instrument(span.clone()),
         ));
+        if let Some(listener) = socks5 {
+            tasks.push(tokio::spawn(
+                socks5::serve(ctx.clone(), listener, stop.subscribe()).instrument(span.clone()),
+            ));
+        }
         tasks.push(tokio::spawn(
             watch_policies(ctx.clone(), stop.subscribe()).instrument(span),
         ));
@@ -550,6 +577,7 @@ impl Proxy {
             outbound_addr,
             inbound_plaintext_addr,
             hbone_addr,
+            socks5_addr,
         })
     }
 }
@@ -579,6 +607,11 @@ impl ProxyHandle {
     /// Where the plaintext inbound listener is bound (15006).
     pub fn inbound_plaintext_addr(&self) -> SocketAddr {
         self.inbound_plaintext_addr
+    }
+
+    /// Where the SOCKS5 listener is bound (15080), when enabled.
+    pub fn socks5_addr(&self) -> Option<SocketAddr> {
+        self.socks5_addr
     }
 
     /// Where the HBONE listener is bound (15008).

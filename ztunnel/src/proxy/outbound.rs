@@ -236,6 +236,17 @@ pub(crate) async fn handle(ctx: Arc<ProxyCtx>, tcp: TcpStream, peer: SocketAddr)
     let Some(dst) = super::captured_destination(&ctx, &tcp, client, Direction::Outbound) else {
         return;
     };
+    handle_to(ctx, tcp, client, dst, started).await;
+}
+
+/// Proxies an outbound connection from `client` to `dst` (captured, or asked for over SOCKS5).
+pub(crate) async fn handle_to(
+    ctx: Arc<ProxyCtx>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    started: Instant,
+) {
     if dst.ip().is_loopback() && ctx.settings.illegal_ports.contains(&dst.port()) {
         ctx.failed(
             Direction::Outbound,
