@@ -621,3 +621,57 @@ async fn local_workload_waits_for_the_state() {
     let other = test_ctx(state.clone(), "cart-0", "ui");
     assert!(other.local_workload().await.is_err());
 }
+
+/// The application tunnel decision: loopback or the workload's address, the tunnel's own port
+/// or the target port, and for a hostname target a VIP of the service as the header's
+/// destination.
+#[test]
+fn app_tunnel_upstream_and_header_destination() {
+    use super::app_tunnel;
+    let state = mesh();
+    let tunnelled = MESH.replace(
+        "  canonicalName: cart\n",
+        "  canonicalName: cart\n  applicationTunnel: {protocol: PROXY, port: 15088}\n",
+    );
+    state::local::load(&state, &tunnelled).unwrap();
+    let cart = workload(&state, "cart-0");
+    let ui = id("ui");
+    let decide = |authority: &str, localhost: bool| {
+        let authority = Authority::parse(authority).unwrap();
+        let facts = InboundFacts {
+            peer_identity: Some(&ui),
+            peer: addr("10.1.0.1:40000"),
+            local: addr("10.1.0.2:15008"),
+            authority: &authority,
+        };
+        let view = state.read();
+        let plan = decide_inbound(&view, &cart, "", &ILLEGAL, &facts).unwrap();
+        app_tunnel::decide(&cart, "", localhost, &facts, &plan).expect("a tunnel")
+    };
+    let t = decide("10.1.0.2:9090", true);
+    assert_eq!(t.upstream, addr("127.0.0.1:15088"));
+    assert_eq!(t.header.src, addr("10.1.0.1:40000"));
+    assert_eq!(t.header.dst, addr("10.1.0.2:9090"));
+    assert_eq!(t.header.identity, Some(ui.clone()));
+    // LOCALHOST_APP_TUNNEL=false: the workload's own address.
+    assert_eq!(
+        decide("10.1.0.2:9090", false).upstream,
+        addr("10.1.0.2:15088")
+    );
+    // A hostname target: the header names the service VIP and the requested port.
+    let t = decide("cart.shop.svc.cluster.local:8080", true);
+    assert_eq!(t.header.dst, addr("10.96.0.1:8080"));
+    assert_eq!(t.upstream, addr("127.0.0.1:15088"));
+    // Without a tunnel there is nothing to decide.
+    let plain = workload(&mesh(), "cart-0");
+    let authority = Authority::parse("10.1.0.2:9090").unwrap();
+    let facts = InboundFacts {
+        peer_identity: Some(&ui),
+        peer: addr("10.1.0.1:40000"),
+        local: addr("10.1.0.2:15008"),
+        authority: &authority,
+    };
+    let view = state.read();
+    let plan = decide_inbound(&view, &plain, "", &ILLEGAL, &facts).unwrap();
+    assert_eq!(app_tunnel::decide(&plain, "", true, &facts, &plan), None);
+}
