@@ -123,6 +123,20 @@ fn id(sa: &str) -> Identity {
     Identity::new("cluster.local", "shop", sa)
 }
 
+/// An inbound stream from `peer_id` at ui-0's address (10.1.0.1:40000), arriving on `local`.
+fn facts_from_ui_node<'a>(
+    peer_id: &'a Identity,
+    local: &str,
+    authority: &'a Authority,
+) -> InboundFacts<'a> {
+    InboundFacts {
+        peer_identity: Some(peer_id),
+        peer: addr("10.1.0.1:40000"),
+        local: addr(local),
+        authority,
+    }
+}
+
 fn plan(state: &MeshState, dst: &str) -> super::outbound::OutboundPlan {
     let ui = workload(state, "ui-0");
     let decision = state::resolve_outbound(&state.read(), &ui, addr(dst), &mut rand::rng());
@@ -361,12 +375,7 @@ fn inbound_checks_in_order() {
         let local = workload(&open, c.local);
         let authority = Authority::parse(c.authority).unwrap();
         let peer_id = id(c.peer_sa);
-        let facts = InboundFacts {
-            peer_identity: Some(&peer_id),
-            peer: addr("10.1.0.1:40000"),
-            local: addr(c.local_addr),
-            authority: &authority,
-        };
+        let facts = facts_from_ui_node(&peer_id, c.local_addr, &authority);
         let got = decide_inbound(&open.read(), &local, "", &ILLEGAL, &facts);
         match (got, c.expect) {
             (Ok(plan), Ok((upstream, denied))) => {
@@ -385,12 +394,7 @@ fn inbound_checks_in_order() {
     let authority = Authority::parse("10.1.0.2:9090").unwrap();
     for (sa, denied) in [("ui", false), ("evil", true)] {
         let peer_id = id(sa);
-        let facts = InboundFacts {
-            peer_identity: Some(&peer_id),
-            peer: addr("10.1.0.1:40000"),
-            local: addr("10.1.0.2:15008"),
-            authority: &authority,
-        };
+        let facts = facts_from_ui_node(&peer_id, "10.1.0.2:15008", &authority);
         let plan = decide_inbound(&strict.read(), &cart, "", &ILLEGAL, &facts).unwrap();
         assert_eq!(plan.denied.is_some(), denied, "{sa}");
         assert_eq!(plan.subject.dst_port, 9090);
@@ -408,12 +412,7 @@ fn inbound_telemetry_context() {
     let cart = workload(&state, "cart-0");
     let authority = Authority::parse("10.1.0.2:9090").unwrap();
     let peer_id = id("ui");
-    let facts = InboundFacts {
-        peer_identity: Some(&peer_id),
-        peer: addr("10.1.0.1:40000"),
-        local: addr("10.1.0.2:15008"),
-        authority: &authority,
-    };
+    let facts = facts_from_ui_node(&peer_id, "10.1.0.2:15008", &authority);
     let view = state.read();
     let plan = decide_inbound(&view, &cart, "", &ILLEGAL, &facts).unwrap();
     let ctx = inbound_context(
@@ -638,12 +637,7 @@ fn app_tunnel_upstream_and_header_destination() {
     let ui = id("ui");
     let decide = |authority: &str, localhost: bool| {
         let authority = Authority::parse(authority).unwrap();
-        let facts = InboundFacts {
-            peer_identity: Some(&ui),
-            peer: addr("10.1.0.1:40000"),
-            local: addr("10.1.0.2:15008"),
-            authority: &authority,
-        };
+        let facts = facts_from_ui_node(&ui, "10.1.0.2:15008", &authority);
         let view = state.read();
         let plan = decide_inbound(&view, &cart, "", &ILLEGAL, &facts).unwrap();
         app_tunnel::decide(&cart, "", localhost, &facts, &plan).expect("a tunnel")
@@ -665,12 +659,7 @@ fn app_tunnel_upstream_and_header_destination() {
     // Without a tunnel there is nothing to decide.
     let plain = workload(&mesh(), "cart-0");
     let authority = Authority::parse("10.1.0.2:9090").unwrap();
-    let facts = InboundFacts {
-        peer_identity: Some(&ui),
-        peer: addr("10.1.0.1:40000"),
-        local: addr("10.1.0.2:15008"),
-        authority: &authority,
-    };
+    let facts = facts_from_ui_node(&ui, "10.1.0.2:15008", &authority);
     let view = state.read();
     let plan = decide_inbound(&view, &plain, "", &ILLEGAL, &facts).unwrap();
     assert_eq!(app_tunnel::decide(&plain, "", true, &facts, &plan), None);
