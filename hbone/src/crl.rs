@@ -6,7 +6,8 @@
 //!   has no CRL is allowed, as Istio does);
 //! * a refused handshake is counted ([`Revocations::rejections`]);
 //! * [`Revocations::replace`] installs a new set and tells every open HBONE connection, which
-//!   closes at once if its peer's certificate is now listed.
+//!   closes at once if its peer's leaf certificate is now listed (matched by issuer name and
+//!   serial; the file is the operator's, so its signatures are checked only in handshakes).
 //!
 //! Reading and watching the file is the caller's job; [`parse_pem`] turns its text into a
 //! [`CrlSet`] or an error naming the bad block.

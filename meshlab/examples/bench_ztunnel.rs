@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
+use meshlab::manifests::{app, namespace};
 use meshlab::{Backend, Lab, LabConfig, LabGuard, WireCounts};
 use serde_json::json;
 
@@ -531,20 +532,17 @@ fn deploy(lab: &Lab) -> anyhow::Result<(Pair, Pair)> {
     let mut yaml = String::new();
     for path in [Path::Mesh, Path::Direct] {
         let ns = path.namespace();
-        let labels = if path == Path::Mesh {
-            "{istio.io/dataplane-mode: ambient}"
+        let labels: &[(&str, &str)] = if path == Path::Mesh {
+            &[("istio.io/dataplane-mode", "ambient")]
         } else {
-            "{}"
+            &[]
         };
+        let server = "docker.io/kennethreitz/httpbin";
         yaml.push_str(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {labels}}}\n---\n"
-        ));
-        yaml.push_str(&app(ns, "client", "curlimages/curl", CLIENT_NODE));
-        yaml.push_str(&app(
-            ns,
-            "server",
-            "docker.io/kennethreitz/httpbin",
-            SERVER_NODE,
+            "{}---\n{}---\n{}---\n",
+            namespace(ns, labels),
+            app(ns, "client", "curlimages/curl", CLIENT_NODE, None),
+            app(ns, "server", server, SERVER_NODE, None),
         ));
     }
     lab.apply_yaml(&yaml).context("applying the bench pods")?;
@@ -593,31 +591,6 @@ fn deploy(lab: &Lab) -> anyhow::Result<(Pair, Pair)> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// A ServiceAccount and a one-replica Deployment of `image` pinned to `node`.
-fn app(ns: &str, name: &str, image: &str, node: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {name}, namespace: {ns}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      serviceAccountName: {name}
-      nodeName: {node}
-      containers:
-      - {{name: {name}, image: {image}}}
----
-"
-    )
 }
 
 /// HBONE bytes a direct run may see: the mesh pair's idle pooled HBONE connection exchanges

@@ -42,6 +42,7 @@ pub mod chart;
 pub mod curl;
 pub mod error;
 pub mod guard;
+pub mod manifests;
 pub mod objects;
 pub mod pods;
 pub mod prom;

@@ -204,15 +204,14 @@ impl TestCa {
     }
 }
 
-/// A positive, unique 8-byte serial number.
+/// A positive 8-byte serial number, unique within the process (test CAs share names, so
+/// serials must not repeat across them either).
 fn next_serial() -> Vec<u8> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let base = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let n = (base ^ NEXT.fetch_add(1, Ordering::Relaxed).rotate_left(40)) & 0x3fff_ffff_ffff_ffff;
-    (n | 0x0100_0000_0000_0000).to_be_bytes().to_vec()
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    (0x0100_0000_0000_0000 | NEXT.fetch_add(1, Ordering::Relaxed))
+        .to_be_bytes()
+        .to_vec()
 }
 
 /// Starts a TCP echo server on loopback; returns its address. Each connection echoes until

@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use meshlab::manifests::{app, namespace, sleep_and_httpbin};
 pub use meshlab::{Backend, Curl, Lab, LabConfig, LabGuard, WireCounts, prom};
 
 /// Polls `f` every 200 ms until it returns `Ok`, failing after `secs` with `what` and the
@@ -152,73 +153,6 @@ pub fn ztunnel_logs(lab: &Lab) -> String {
             )
         })
         .collect()
-}
-
-/// A ServiceAccount, a Service `name:port → targetPort`, and a one-replica Deployment of
-/// `image` pinned to `node` (labels `app: <name>`, `version: v1`; the app listens on
-/// `targetPort`).
-pub fn app(ns: &str, name: &str, image: &str, node: &str, ports: Option<(u16, u16)>) -> String {
-    let svc = ports
-        .map(|(port, target)| {
-            format!(
-                "---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}
-spec:
-  ports: [{{name: http, port: {port}, targetPort: {target}}}]
-  selector: {{app: {name}}}
-"
-            )
-        })
-        .unwrap_or_default();
-    let container_port = ports
-        .map(|(_, target)| format!(", ports: [{{containerPort: {target}}}]"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {name}, namespace: {ns}}}
-{svc}---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}, version: v1}}}}
-    spec:
-      serviceAccountName: {name}
-      nodeName: {node}
-      containers:
-      - {{name: {name}, image: {image}{container_port}}}
-"
-    )
-}
-
-/// `sleep` (a curl client) on `client_node` and `httpbin:8000` (→ 80) on `server_node`, in `ns`.
-pub fn sleep_and_httpbin(ns: &str, client_node: &str, server_node: &str) -> String {
-    format!(
-        "{}---\n{}",
-        app(ns, "sleep", "curlimages/curl", client_node, None),
-        app(
-            ns,
-            "httpbin",
-            "docker.io/kennethreitz/httpbin",
-            server_node,
-            Some((8000, 80))
-        )
-    )
-}
-
-/// A namespace with labels (`k: v` pairs).
-pub fn namespace(name: &str, labels: &[(&str, &str)]) -> String {
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{}}}}}\n",
-        labels.join(", ")
-    )
 }
 
 /// Generates one `#[test]` per redirection backend for a scenario `fn(Backend)`.

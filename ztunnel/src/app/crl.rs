@@ -23,8 +23,15 @@ pub const POLL: Duration = Duration::from_secs(2);
 
 pub const REJECTIONS: &str = "istio_crl_policy_rejections_total";
 
+/// The CRLs loaded at start, with the file's bytes (what [`watch`] compares against).
+#[derive(Debug)]
+pub struct Loaded {
+    pub revocations: Revocations,
+    bytes: Vec<u8>,
+}
+
 /// Loads the CRLs at `path`.
-pub fn load(path: &Path) -> Result<Revocations, String> {
+pub fn load(path: &Path) -> Result<Loaded, String> {
     let bytes = std::fs::read(path).map_err(|e| {
         format!(
             "CRL_PATH {}: cannot read the CRL file: {e}; mount the CRL or unset CRL_PATH",
@@ -34,16 +41,20 @@ pub fn load(path: &Path) -> Result<Revocations, String> {
     let set = parse_pem(&bytes)
         .map_err(|e| format!("CRL_PATH {}: not a usable CRL file: {e}", path.display()))?;
     info!(path = %path.display(), crls = set.len(), "certificate revocation lists loaded");
-    Ok(Revocations::new(set))
+    Ok(Loaded {
+        revocations: Revocations::new(set),
+        bytes,
+    })
 }
 
 /// Describes the metric and keeps the lists in step with the file until `watch` drains.
-pub fn watch(path: PathBuf, revocations: Revocations, shutdown: DrainWatch) {
+pub fn watch(path: PathBuf, loaded: Loaded, shutdown: DrainWatch) {
     metrics::describe_counter!(
         REJECTIONS,
         "HBONE handshakes refused because the peer's certificate is revoked"
     );
-    let mut last = std::fs::read(&path).ok();
+    let Loaded { revocations, bytes } = loaded;
+    let mut last = Some(bytes);
     tokio::spawn(async move {
         loop {
             export(&revocations);
@@ -113,7 +124,7 @@ mod tests {
         assert!(err.contains("no `X509 CRL` PEM block"), "{err}");
         let ca = TestCa::new("root");
         std::fs::write(&path, ca.crl(&[])).unwrap();
-        assert_eq!(load(&path).unwrap().current().len(), 1);
+        assert_eq!(load(&path).unwrap().revocations.current().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,9 +134,10 @@ mod tests {
         let leaf = ca.issue(ID);
         let cert = leaf.workload_cert().chain()[0].clone();
         std::fs::write(&path, ca.crl(&[])).unwrap();
-        let revocations = load(&path).unwrap();
+        let loaded = load(&path).unwrap();
+        let revocations = loaded.revocations.clone();
         let (drain, shutdown) = meshcore::drain::channel();
-        watch(path.clone(), revocations.clone(), shutdown);
+        watch(path.clone(), loaded, shutdown);
         assert!(!revocations.is_revoked(&cert));
 
         std::fs::write(&path, ca.crl(&[&leaf])).unwrap();

@@ -101,8 +101,9 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
 
     let revocations = match &config.crl_path {
         Some(path) => {
-            let revocations = crl::load(path)?;
-            crl::watch(path.clone(), revocations.clone(), watch.clone());
+            let loaded = crl::load(path)?;
+            let revocations = loaded.revocations.clone();
+            crl::watch(path.clone(), loaded, watch.clone());
             Some(revocations)
         }
         None => None,

@@ -323,19 +323,12 @@ async fn proxy(
     local: &Workload,
     counts: &Arc<ByteCounts>,
 ) -> Result<(), ProxyError> {
-    let connected = match &tunnel {
-        // To the app's loopback: from our own loopback address.
-        Some(t) if t.upstream.ip().is_loopback() => ctx.connector.connect(t.upstream).await,
-        Some(t) => {
-            ctx.connector
-                .connect_as(t.upstream, plan.subject.src_ip)
-                .await
-        }
-        None => {
-            ctx.connector
-                .connect_as(plan.upstream, plan.subject.src_ip)
-                .await
-        }
+    let target = tunnel.as_ref().map_or(plan.upstream, |t| t.upstream);
+    // An application tunnel to the app's loopback is made from our own loopback address.
+    let connected = if tunnel.is_some() && target.ip().is_loopback() {
+        ctx.connector.connect(target).await
+    } else {
+        ctx.connector.connect_as(target, plan.subject.src_ip).await
     };
     let upstream = match connected {
         Ok(s) => s,

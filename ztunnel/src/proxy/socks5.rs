@@ -101,7 +101,7 @@ pub async fn handshake<S: AsyncReadExt + AsyncWriteExt + Unpin>(
             s.read_exact(&mut ip).await?;
             Target::Addr(SocketAddr::new(
                 Ipv4Addr::from(ip).into(),
-                read_port(s).await?,
+                s.read_u16().await?,
             ))
         }
         0x04 => {
@@ -109,7 +109,7 @@ pub async fn handshake<S: AsyncReadExt + AsyncWriteExt + Unpin>(
             s.read_exact(&mut ip).await?;
             Target::Addr(SocketAddr::new(
                 Ipv6Addr::from(ip).into(),
-                read_port(s).await?,
+                s.read_u16().await?,
             ))
         }
         0x03 => {
@@ -117,7 +117,7 @@ pub async fn handshake<S: AsyncReadExt + AsyncWriteExt + Unpin>(
             let mut name = vec![0u8; usize::from(len)];
             s.read_exact(&mut name).await?;
             let name = String::from_utf8(name).map_err(|_| HandshakeError::Domain)?;
-            Target::Domain(name, read_port(s).await?)
+            Target::Domain(name, s.read_u16().await?)
         }
         other => return Err(HandshakeError::AddressType(other)),
     };
@@ -125,10 +125,6 @@ pub async fn handshake<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         return Err(HandshakeError::Command(req[1]));
     }
     Ok(target)
-}
-
-async fn read_port<S: AsyncReadExt + Unpin>(s: &mut S) -> std::io::Result<u16> {
-    s.read_u16().await
 }
 
 /// Sends a reply with an unspecified bound address.
