@@ -336,20 +336,12 @@ fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
-    for b in [
-        "controlplane",
-        "ztunnel",
-        "cni-agent",
-        "ambient-cni",
-        "meshlab",
-    ] {
-        if !opts.bin_dir.join(b).is_file() {
-            bail!(
-                "{b} is not built in {}: run `cargo build --release --locked --workspace --bins` \
-                 (make bench-ztunnel does) or pass --bin-dir",
-                opts.bin_dir.display()
-            );
-        }
+    if let Some(b) = meshlab::missing_binary(&opts.bin_dir) {
+        bail!(
+            "{b} is not built in {}: run `cargo build --release --locked --workspace --bins` \
+             (make bench-ztunnel does) or pass --bin-dir",
+            opts.bin_dir.display()
+        );
     }
     let charts = meshlab::chart::chart_dir(&opts.bin_dir);
     if !charts.join("ztunnel.json").is_file() {

@@ -62,3 +62,17 @@ pub use lab::{DownReport, Lab, LabConfig, NodeInfo, PodInfo};
 pub use services::ServiceView;
 pub use state::{Backend, DEFAULT_STATE_DIR};
 pub use wire::WireCounts;
+
+/// The workspace binaries a lab runs, looked for in [`LabConfig::bin_dir`].
+pub const BINARIES: [&str; 5] = [
+    "controlplane",
+    "ztunnel",
+    "cni-agent",
+    "ambient-cni",
+    "meshlab",
+];
+
+/// The first of [`BINARIES`] that is not built in `dir`.
+pub fn missing_binary(dir: &std::path::Path) -> Option<&'static str> {
+    BINARIES.into_iter().find(|b| !dir.join(b).is_file())
+}

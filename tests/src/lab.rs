@@ -49,15 +49,8 @@ pub fn bin_dir() -> PathBuf {
         .and_then(|d| d.parent())
         .expect("test executable inside a target directory")
         .to_path_buf();
-    for b in [
-        "controlplane",
-        "ztunnel",
-        "cni-agent",
-        "ambient-cni",
-        "meshlab",
-    ] {
-        assert!(
-            dir.join(b).is_file(),
+    if let Some(b) = meshlab::missing_binary(&dir) {
+        panic!(
             "{b} is not built in {}: run `cargo build --workspace --bins` first (make test does)",
             dir.display()
         );
