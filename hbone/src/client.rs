@@ -22,10 +22,11 @@ use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request, Uri};
 use parking_lot::Mutex;
 use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::cert::{BoxFuture, CertificateSource};
+use crate::cert::{BoxFuture, CertificateSource, WorkloadCertificate};
 use crate::config::ClientSettings;
 use crate::error::Error;
 use crate::identity::Identity;
@@ -112,7 +113,7 @@ pub struct PoolStats {
     pub dials: u64,
 }
 
-struct Conn {
+pub(crate) struct Conn {
     sender: SendRequest<Bytes>,
     peer_identity: Identity,
     peer_certificate: Arc<CertificateDer<'static>>,
@@ -208,6 +209,19 @@ impl Pool {
 
     pub fn settings(&self) -> &ClientSettings {
         &self.inner.settings
+    }
+
+    /// Our certificate for `source`.
+    pub(crate) async fn certificate(
+        &self,
+        source: &Identity,
+    ) -> Result<Arc<WorkloadCertificate>, Error> {
+        Ok(self.inner.certs.certificate(source).await?)
+    }
+
+    /// A fresh connection number (for logs).
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -313,9 +327,6 @@ impl Pool {
     ) -> Result<(Arc<Conn>, tokio::sync::oneshot::Receiver<()>), Error> {
         let s = &self.inner.settings;
         let dst = key.destination;
-        // Subscribed before the handshake, so a CRL installed during it is checked below too.
-        let revocations = s.tls.revocations.clone();
-        let mut crl_changes = revocations.as_ref().map(|r| r.subscribe());
         let cert = self.inner.certs.certificate(&key.source).await?;
         let tcp = match tokio::time::timeout(s.connect_timeout, self.inner.dialer.dial(dst)).await {
             Ok(Ok(tcp)) => tcp,
@@ -327,130 +338,8 @@ impl Pool {
                 });
             }
         };
-        let config = tls::client_config(&cert, &key.expected, &s.tls).map_err(|e| Error::Tls {
-            dst,
-            reason: e.to_string(),
-        })?;
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let server_name = rustls::pki_types::ServerName::IpAddress(dst.ip().into());
-        let tls = match tokio::time::timeout(
-            s.tls.handshake_timeout,
-            connector.connect(server_name, tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(match tls::handshake_failure(&e) {
-                    HandshakeFailure::Peer(source) => Error::PeerIdentity { dst, source },
-                    HandshakeFailure::Tls(t) => Error::Tls {
-                        dst,
-                        reason: tls::describe_error(&t),
-                    },
-                    HandshakeFailure::Io => Error::Tls {
-                        dst,
-                        reason: e.to_string(),
-                    },
-                });
-            }
-            Err(_) => {
-                return Err(Error::TlsTimeout {
-                    dst,
-                    timeout: s.tls.handshake_timeout,
-                });
-            }
-        };
-        let session = tls.get_ref().1;
-        if session.alpn_protocol() != Some(tls::ALPN_H2) {
-            return Err(Error::NoH2 { dst });
-        }
-        let peer_identity =
-            tls::peer_identity(session.peer_certificates(), None).ok_or_else(|| Error::Tls {
-                dst,
-                reason: "server presented no SPIFFE identity".to_string(),
-            })?;
-        let (settled_tx, settled_rx) = tokio::sync::oneshot::channel();
-        let peer_certificate = session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| Arc::new(c.clone().into_owned()))
-            .ok_or_else(|| Error::Tls {
-                dst,
-                reason: "server presented no certificate".to_string(),
-            })?;
-        let mut builder = h2::client::Builder::new();
-        builder
-            .initial_window_size(s.h2.stream_window)
-            .initial_connection_window_size(s.h2.connection_window)
-            .max_frame_size(s.h2.frame_size)
-            .max_header_list_size(s.max_header_list_size)
-            .initial_max_send_streams(s.max_streams_per_connection as usize)
-            .max_send_buffer_size(s.max_send_buffer)
-            .enable_push(false);
-        let (sender, mut connection) = builder
-            .handshake::<_, Bytes>(tls)
-            .await
-            .map_err(|source| Error::H2Handshake { dst, source })?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn {
-            sender,
-            peer_identity,
-            peer_certificate,
-            in_flight: AtomicUsize::new(0),
-            peer_max_streams: AtomicUsize::new(s.max_streams_per_connection as usize),
-            dead: AtomicBool::new(false),
-            settled: AtomicBool::new(false),
-            settled_tx: Mutex::new(Some(settled_tx)),
-            last_used: Mutex::new(Instant::now()),
-        });
-        debug!(conn = id, %dst, peer = %conn.peer_identity, "HBONE connection established");
-        let keepalive = crate::keepalive::run(
-            connection.ping_pong(),
-            s.h2.keepalive_interval,
-            s.h2.keepalive_timeout,
-        );
-        let weak = Arc::downgrade(&conn);
-        let peer_certificate = conn.peer_certificate.clone();
-        let peer = conn.peer_identity.clone();
-        let span = tracing::debug_span!("hbone_outbound", conn = id, %dst);
-        tokio::spawn(
-            async move {
-                let drive = std::future::poll_fn(|cx| {
-                    let r = std::pin::Pin::new(&mut connection).poll(cx);
-                    if let Some(c) = weak.upgrade() {
-                        c.peer_max_streams
-                            .store(connection.max_concurrent_send_streams(), Ordering::Release);
-                    }
-                    r
-                });
-                tokio::pin!(drive, keepalive);
-                loop {
-                    tokio::select! {
-                        result = &mut drive => {
-                            if let Err(e) = result {
-                                debug!(error = %e, "HBONE connection closed with an error");
-                            }
-                            break;
-                        }
-                        failure = &mut keepalive => {
-                            info!(reason = %failure, "dropping HBONE connection: keepalive failed");
-                            break;
-                        }
-                        () = crate::crl::changed(&mut crl_changes) => {
-                            if revocations.as_ref().is_some_and(|r| r.is_revoked(&peer_certificate)) {
-                                warn!(%peer, "dropping HBONE connection and its tunnels: the server's certificate is revoked by the updated CRL");
-                                break;
-                            }
-                        }
-                    }
-                }
-                if let Some(c) = weak.upgrade() {
-                    c.dead.store(true, Ordering::Release);
-                }
-            }
-            .instrument(span),
-        );
-        Ok((conn, settled_rx))
+        let id = self.next_connection_id();
+        establish(tcp, dst, &cert, &key.expected, s, id).await
     }
 
     fn start_reaper(&self) {
@@ -481,7 +370,147 @@ impl Pool {
     }
 }
 
-async fn open_stream(
+/// The mutual-TLS and HTTP/2 handshakes over `io` (a TCP connection, or the outer tunnel of
+/// double HBONE), then a task that drives the connection: keepalive, and teardown when the CRL
+/// revokes the server's certificate. `dst` names the peer in errors.
+pub(crate) async fn establish<IO>(
+    io: IO,
+    dst: SocketAddr,
+    cert: &WorkloadCertificate,
+    expected: &[Identity],
+    s: &ClientSettings,
+    id: u64,
+) -> Result<(Arc<Conn>, tokio::sync::oneshot::Receiver<()>), Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Subscribed before the handshake, so a CRL installed during it is checked below too.
+    let revocations = s.tls.revocations.clone();
+    let mut crl_changes = revocations.as_ref().map(|r| r.subscribe());
+    let config = tls::client_config(cert, expected, &s.tls).map_err(|e| Error::Tls {
+        dst,
+        reason: e.to_string(),
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let server_name = rustls::pki_types::ServerName::IpAddress(dst.ip().into());
+    let tls =
+        match tokio::time::timeout(s.tls.handshake_timeout, connector.connect(server_name, io))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(match tls::handshake_failure(&e) {
+                    HandshakeFailure::Peer(source) => Error::PeerIdentity { dst, source },
+                    HandshakeFailure::Tls(t) => Error::Tls {
+                        dst,
+                        reason: tls::describe_error(&t),
+                    },
+                    HandshakeFailure::Io => Error::Tls {
+                        dst,
+                        reason: e.to_string(),
+                    },
+                });
+            }
+            Err(_) => {
+                return Err(Error::TlsTimeout {
+                    dst,
+                    timeout: s.tls.handshake_timeout,
+                });
+            }
+        };
+    let session = tls.get_ref().1;
+    if session.alpn_protocol() != Some(tls::ALPN_H2) {
+        return Err(Error::NoH2 { dst });
+    }
+    let peer_identity =
+        tls::peer_identity(session.peer_certificates(), None).ok_or_else(|| Error::Tls {
+            dst,
+            reason: "server presented no SPIFFE identity".to_string(),
+        })?;
+    let (settled_tx, settled_rx) = tokio::sync::oneshot::channel();
+    let peer_certificate = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Arc::new(c.clone().into_owned()))
+        .ok_or_else(|| Error::Tls {
+            dst,
+            reason: "server presented no certificate".to_string(),
+        })?;
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(s.h2.stream_window)
+        .initial_connection_window_size(s.h2.connection_window)
+        .max_frame_size(s.h2.frame_size)
+        .max_header_list_size(s.max_header_list_size)
+        .initial_max_send_streams(s.max_streams_per_connection as usize)
+        .max_send_buffer_size(s.max_send_buffer)
+        .enable_push(false);
+    let (sender, mut connection) = builder
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|source| Error::H2Handshake { dst, source })?;
+    let conn = Arc::new(Conn {
+        sender,
+        peer_identity,
+        peer_certificate,
+        in_flight: AtomicUsize::new(0),
+        peer_max_streams: AtomicUsize::new(s.max_streams_per_connection as usize),
+        dead: AtomicBool::new(false),
+        settled: AtomicBool::new(false),
+        settled_tx: Mutex::new(Some(settled_tx)),
+        last_used: Mutex::new(Instant::now()),
+    });
+    debug!(conn = id, %dst, peer = %conn.peer_identity, "HBONE connection established");
+    let keepalive = crate::keepalive::run(
+        connection.ping_pong(),
+        s.h2.keepalive_interval,
+        s.h2.keepalive_timeout,
+    );
+    let weak = Arc::downgrade(&conn);
+    let peer_certificate = conn.peer_certificate.clone();
+    let peer = conn.peer_identity.clone();
+    let span = tracing::debug_span!("hbone_outbound", conn = id, %dst);
+    tokio::spawn(
+        async move {
+            let drive = std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut connection).poll(cx);
+                if let Some(c) = weak.upgrade() {
+                    c.peer_max_streams
+                        .store(connection.max_concurrent_send_streams(), Ordering::Release);
+                }
+                r
+            });
+            tokio::pin!(drive, keepalive);
+            loop {
+                tokio::select! {
+                    result = &mut drive => {
+                        if let Err(e) = result {
+                            debug!(error = %e, "HBONE connection closed with an error");
+                        }
+                        break;
+                    }
+                    failure = &mut keepalive => {
+                        info!(reason = %failure, "dropping HBONE connection: keepalive failed");
+                        break;
+                    }
+                    () = crate::crl::changed(&mut crl_changes) => {
+                        if revocations.as_ref().is_some_and(|r| r.is_revoked(&peer_certificate)) {
+                            warn!(%peer, "dropping HBONE connection and its tunnels: the server's certificate is revoked by the updated CRL");
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(c) = weak.upgrade() {
+                c.dead.store(true, Ordering::Release);
+            }
+        }
+        .instrument(span),
+    );
+    Ok((conn, settled_rx))
+}
+
+pub(crate) async fn open_stream(
     conn: Arc<Conn>,
     request: &ConnectRequest,
     uri: &Uri,

@@ -60,6 +60,14 @@ pub enum Error {
     },
     #[error("invalid CONNECT request for {authority:?}: {reason}")]
     BadRequest { authority: String, reason: String },
+    /// Double HBONE: the outer tunnel to the network gateway is up, the inner one failed.
+    #[error("inner tunnel to {authority} through network gateway {gateway} failed: {source}")]
+    Inner {
+        gateway: SocketAddr,
+        authority: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -72,6 +80,7 @@ impl Error {
                 "TLS_FAILURE"
             }
             Error::NoH2 { .. } | Error::H2Handshake { .. } => "H2_HANDSHAKE_FAILURE",
+            Error::Inner { source, .. } => source.response_flag(),
             _ => "CONNECT",
         }
     }

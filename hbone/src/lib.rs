@@ -11,7 +11,8 @@
 //!   checks on both sides; [`crl`]: revocation lists checked in those handshakes;
 //! * [`Server`]: accepts HBONE connections and hands each CONNECT stream to a [`Handler`];
 //! * [`Pool`]: the client, pooling connections by (source, expected peers, destination,
-//!   source IP);
+//!   source IP); [`Pool::connect_double`] nests a tunnel inside a pooled one (double HBONE,
+//!   through a network gateway);
 //! * [`copy_bidirectional`]: the byte copy between a TCP socket and a tunnel;
 //! * [`headers`] and [`authority`]: the CONNECT request's `:authority`, `forwarded`, `baggage`
 //!   and `traceparent`, parsed defensively.
@@ -25,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod copy;
 pub mod crl;
+mod double;
 pub mod error;
 pub mod headers;
 pub mod identity;
@@ -39,6 +41,7 @@ pub use client::{ConnectRequest, DefaultDialer, Dialer, Pool, PoolKey, PoolStats
 pub use config::{ClientSettings, H2Settings, ServerSettings};
 pub use copy::{Transferred, copy_bidirectional, copy_tcp};
 pub use crl::Revocations;
+pub use double::InnerRequest;
 pub use error::Error;
 pub use identity::{Identity, IdentityError};
 pub use server::{Handler, InboundRequest, Server};

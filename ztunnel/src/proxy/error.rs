@@ -34,10 +34,6 @@ pub enum ProxyError {
     UnknownWaypoint(String),
     #[error("upstream {hostname} has no address and on-demand DNS is not supported")]
     DnsUnsupported { hostname: String },
-    #[error(
-        "destination is on another network (double HBONE via {gateway}) which is not supported"
-    )]
-    NetworkGatewayUnsupported { gateway: SocketAddr },
     #[error("authorization denied: {reason}")]
     Denied { reason: String },
     #[error("connection closed after an authorization policy change: {reason}")]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hbone::headers::{Forwarded, TraceParent, apply_request_headers};
+use hbone::headers::{Forwarded, TraceParent, X_FORWARDED_NETWORK, apply_request_headers};
 use hbone::{ConnectRequest, Identity};
 use state::{Decision, DestinationInfo, Workload};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,6 +38,18 @@ pub enum OutboundRoute {
         /// `host=` of the `forwarded` header (the service the client addressed).
         forwarded_host: Option<String>,
     },
+    /// Double HBONE through the network gateway of the upstream's network.
+    DoubleHbone {
+        /// `<gateway ip>:<hbone_mtls_port>`.
+        gateway_addr: SocketAddr,
+        /// `<service hostname>:<service port>`, on both CONNECTs.
+        authority: String,
+        /// The gateway's identities (outer handshake).
+        gateway_expected: Vec<Identity>,
+        /// The service's SANs (inner handshake, with the final hop).
+        expected: Vec<Identity>,
+        forwarded_host: Option<String>,
+    },
     /// Close the application's connection.
     Fail(OutboundFailure),
 }
@@ -60,10 +72,6 @@ pub enum OutboundFailure {
     NeedsDns {
         hostname: String,
     },
-    /// Double HBONE through a network gateway (not implemented).
-    NetworkGateway {
-        gateway: SocketAddr,
-    },
 }
 
 impl From<OutboundFailure> for ProxyError {
@@ -75,9 +83,6 @@ impl From<OutboundFailure> for ProxyError {
             }
             OutboundFailure::UnknownWaypoint { waypoint } => ProxyError::UnknownWaypoint(waypoint),
             OutboundFailure::NeedsDns { hostname } => ProxyError::DnsUnsupported { hostname },
-            OutboundFailure::NetworkGateway { gateway } => {
-                ProxyError::NetworkGatewayUnsupported { gateway }
-            }
         }
     }
 }
@@ -161,11 +166,28 @@ pub fn plan_outbound(
             authority.to_string(),
             gateway.expected_identities,
         ),
-        Decision::ViaNetworkGateway { gateway, dest, .. } => {
-            describe(&mut ctx, &dest);
-            OutboundRoute::Fail(OutboundFailure::NetworkGateway {
-                gateway: gateway.hbone_addr,
-            })
+        Decision::ViaNetworkGateway {
+            gateway,
+            authority,
+            inner_expected_identities,
+            dest,
+        } => {
+            // As Istio reports it: the destination is the gateway (the hop we reach), the
+            // service is the one the client addressed.
+            ctx.destination = Some(PeerInfo::from(&*gateway.workload));
+            ctx.destination_service = dest.service.as_deref().map(ServiceInfo::from);
+            ctx.destination_identity = Some(gateway.workload.identity.clone());
+            ctx.dst_addr = gateway.hbone_addr;
+            ctx.hbone_target = Some(authority.clone());
+            ctx.source_identity = Some(source.identity.clone());
+            ctx.security = SecurityPolicy::MutualTls;
+            OutboundRoute::DoubleHbone {
+                gateway_addr: gateway.hbone_addr,
+                authority,
+                gateway_expected: gateway.expected_identities,
+                expected: inner_expected_identities,
+                forwarded_host: dest.service.as_ref().map(|s| s.hostname.clone()),
+            }
         }
         Decision::NeedsDns { hostname, dest, .. } => {
             describe(&mut ctx, &dest);
@@ -317,17 +339,60 @@ async fn proxy(
                 forwarded_host.as_deref(),
             );
             let tunnel = ctx.pool.connect(request).await?;
-            let mut tcp = tcp;
-            let (r, w) = tcp.split();
-            hbone::copy_bidirectional(
-                Counted::new(r, counts.clone(), Side::Client),
-                Counted::new(w, counts.clone(), Side::Client),
-                tunnel.stream,
-            )
-            .await
-            .map_err(ProxyError::Io)?;
-            close_gracefully(&tcp);
-            Ok(())
+            copy_to_tunnel(tcp, tunnel, counts).await
+        }
+        OutboundRoute::DoubleHbone {
+            gateway_addr,
+            authority,
+            gateway_expected,
+            expected,
+            forwarded_host,
+        } => {
+            let outer = connect_request(
+                source,
+                client,
+                gateway_addr,
+                authority,
+                gateway_expected,
+                forwarded_host.as_deref(),
+            );
+            let inner = inner_request(&outer, &source.network, expected);
+            let tunnel = ctx.pool.connect_double(outer, inner).await?;
+            copy_to_tunnel(tcp, tunnel, counts).await
         }
     }
+}
+
+/// The inner CONNECT of double HBONE: the outer request's headers plus
+/// `x-forwarded-network: <our network>` (so the destination does not look our address up in its
+/// own network), verified against `expected`.
+pub fn inner_request(
+    outer: &ConnectRequest,
+    network: &str,
+    expected: Vec<Identity>,
+) -> hbone::InnerRequest {
+    let mut headers = outer.headers.clone();
+    if let Ok(value) = http::HeaderValue::from_str(network)
+        && !network.is_empty()
+    {
+        headers.insert(X_FORWARDED_NETWORK, value);
+    }
+    hbone::InnerRequest { expected, headers }
+}
+
+async fn copy_to_tunnel(
+    mut tcp: TcpStream,
+    tunnel: hbone::Tunnel,
+    counts: &Arc<ByteCounts>,
+) -> Result<(), ProxyError> {
+    let (r, w) = tcp.split();
+    hbone::copy_bidirectional(
+        Counted::new(r, counts.clone(), Side::Client),
+        Counted::new(w, counts.clone(), Side::Client),
+        tunnel.stream,
+    )
+    .await
+    .map_err(ProxyError::Io)?;
+    close_gracefully(&tcp);
+    Ok(())
 }

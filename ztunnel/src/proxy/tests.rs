@@ -664,3 +664,104 @@ fn app_tunnel_upstream_and_header_destination() {
     let plan = decide_inbound(&view, &plain, "", &ILLEGAL, &facts).unwrap();
     assert_eq!(app_tunnel::decide(&plain, "", true, &facts, &plan), None);
 }
+
+const FAR_NETWORK: &str = r#"
+workloads:
+- uid: Kubernetes/SplitHorizonWorkload/istio-system/istio-eastwestgateway/172.16.0.1/shop/far.shop.svc.cluster.local
+  name: far-split-horizon
+  namespace: shop
+  serviceAccount: far
+  trustDomain: cluster.local
+  network: net2
+  workloadIps: []
+  protocol: HBONE
+  networkGateway: {destination: "net2/172.16.0.1", hboneMtlsPort: 15008}
+  capacity: 2
+  services:
+    "shop/far.shop.svc.cluster.local": {80: 8080}
+- uid: NetworkGateway/net2/172.16.0.1/15008
+  name: istio-eastwestgateway-0
+  namespace: istio-system
+  serviceAccount: istio-eastwestgateway
+  trustDomain: cluster.local
+  network: net2
+  workloadIps: ["172.16.0.1"]
+  protocol: HBONE
+  services: {}
+services:
+- name: far
+  namespace: shop
+  hostname: far.shop.svc.cluster.local
+  vips: ["/10.96.0.7"]
+  ports: {80: 8080}
+  subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/far"]
+"#;
+
+#[test]
+fn remote_network_endpoint_goes_through_its_gateway() {
+    let far = MeshState::default();
+    state::local::load(&far, &merge_yaml(MESH, FAR_NETWORK)).unwrap();
+    let gateway = Identity::new("cluster.local", "istio-system", "istio-eastwestgateway");
+    let p = plan(&far, "10.96.0.7:80");
+    assert_eq!(
+        p.route,
+        OutboundRoute::DoubleHbone {
+            gateway_addr: addr("172.16.0.1:15008"),
+            authority: "far.shop.svc.cluster.local:80".into(),
+            gateway_expected: vec![gateway.clone()],
+            expected: vec![id("far")],
+            forwarded_host: Some("far.shop.svc.cluster.local".into()),
+        }
+    );
+    // Reported as Istio does: the hop reached is the gateway, the service the one addressed.
+    assert_eq!(p.ctx.destination_identity, Some(gateway));
+    assert_eq!(
+        p.ctx.destination.as_ref().unwrap().name,
+        "istio-eastwestgateway-0"
+    );
+    assert_eq!(
+        p.ctx.destination_service.as_ref().unwrap().hostname,
+        "far.shop.svc.cluster.local"
+    );
+    assert_eq!(p.ctx.security, SecurityPolicy::MutualTls);
+    assert_eq!(p.ctx.dst_addr, addr("172.16.0.1:15008"));
+}
+
+/// Both documents' workloads and services in one config.
+fn merge_yaml(a: &str, b: &str) -> String {
+    let parse = |s: &str| serde_yaml::from_str::<serde_yaml::Mapping>(s).unwrap();
+    let (mut a, b) = (parse(a), parse(b));
+    for (k, v) in b {
+        let merged = match (a.remove(&k), v) {
+            (Some(serde_yaml::Value::Sequence(mut x)), serde_yaml::Value::Sequence(y)) => {
+                x.extend(y);
+                serde_yaml::Value::Sequence(x)
+            }
+            (_, v) => v,
+        };
+        a.insert(k, merged);
+    }
+    serde_yaml::to_string(&a).unwrap()
+}
+
+#[test]
+fn inner_request_names_our_network_only_when_we_have_one() {
+    let state = mesh();
+    let ui = workload(&state, "ui-0");
+    let outer = connect_request(
+        &ui,
+        addr("10.1.0.1:40000"),
+        addr("172.16.0.1:15008"),
+        "far.shop.svc.cluster.local:80".into(),
+        vec![id("gw")],
+        Some("far.shop.svc.cluster.local"),
+    );
+    let inner = super::outbound::inner_request(&outer, "net1", vec![id("far")]);
+    assert_eq!(inner.expected, vec![id("far")]);
+    assert_eq!(inner.headers["x-forwarded-network"], "net1");
+    assert_eq!(inner.headers["forwarded"], outer.headers["forwarded"]);
+    assert_eq!(inner.headers["baggage"], outer.headers["baggage"]);
+    assert!(!outer.headers.contains_key("x-forwarded-network"));
+    let inner = super::outbound::inner_request(&outer, "", vec![id("far")]);
+    assert!(!inner.headers.contains_key("x-forwarded-network"));
+}
