@@ -357,7 +357,9 @@ async fn proxy(
                 forwarded_host.as_deref(),
             );
             let inner = inner_request(&outer, &source.network, expected);
-            let tunnel = ctx.pool.connect_double(outer, inner).await?;
+            // Boxed: a rare path whose nested handshakes would otherwise double the size of
+            // every outbound connection's future.
+            let tunnel = Box::pin(ctx.pool.connect_double(outer, inner)).await?;
             copy_to_tunnel(tcp, tunnel, counts).await
         }
     }
