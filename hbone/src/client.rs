@@ -436,6 +436,9 @@ where
             dst,
             reason: "server presented no certificate".to_string(),
         })?;
+    if let Some(r) = &revocations {
+        r.track(&peer_certificate, crate::crl::Side::Client);
+    }
     let mut builder = h2::client::Builder::new();
     builder
         .initial_window_size(s.h2.stream_window)

@@ -43,18 +43,24 @@ impl CrlSet {
 
     /// Whether `cert` (a leaf) is listed by a CRL of its issuer.
     fn lists_certificate(&self, cert: &CertificateDer<'_>) -> bool {
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
-            return false;
-        };
-        // CRLs keep the issuer Name without its SEQUENCE header.
-        let Some(issuer) = der_contents(parsed.tbs_certificate.issuer.as_raw()) else {
-            return false;
-        };
-        let serial = parsed.tbs_certificate.raw_serial();
-        self.crls
-            .iter()
-            .any(|crl| crl.issuer() == issuer && matches!(crl.find_serial(serial), Ok(Some(_))))
+        with_issuer_and_serial(cert, |issuer, serial| {
+            self.crls
+                .iter()
+                .any(|crl| crl.issuer() == issuer && matches!(crl.find_serial(serial), Ok(Some(_))))
+        })
+        .unwrap_or(false)
     }
+}
+
+/// Calls `f` with the leaf's issuer Name (without its SEQUENCE header, as CRLs keep it) and raw
+/// serial; `None` when they cannot be read.
+fn with_issuer_and_serial<T>(
+    cert: &CertificateDer<'_>,
+    f: impl FnOnce(&[u8], &[u8]) -> T,
+) -> Option<T> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let issuer = der_contents(parsed.tbs_certificate.issuer.as_raw())?;
+    Some(f(issuer, parsed.tbs_certificate.raw_serial()))
 }
 
 /// The contents of one DER element (its tag and length stripped).
@@ -117,6 +123,8 @@ struct Inner {
     generation: watch::Sender<u64>,
     rejected_by_client: AtomicU64,
     rejected_by_server: AtomicU64,
+    untracked_by_client: AtomicU64,
+    untracked_by_server: AtomicU64,
 }
 
 /// A shared, replaceable set of CRLs (cheap to clone).
@@ -133,6 +141,8 @@ impl Revocations {
                 generation: watch::channel(0).0,
                 rejected_by_client: AtomicU64::new(0),
                 rejected_by_server: AtomicU64::new(0),
+                untracked_by_client: AtomicU64::new(0),
+                untracked_by_server: AtomicU64::new(0),
             }),
         }
     }
@@ -168,6 +178,34 @@ impl Revocations {
             Side::Server => &self.inner.rejected_by_server,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections whose peer certificate cannot be matched against later CRL updates (its
+    /// issuer and serial are unreadable), so a revocation would not close them; by our side of
+    /// the connection (`Client`: we dialed it).
+    pub fn untracked(&self, side: Side) -> u64 {
+        match side {
+            Side::Client => &self.inner.untracked_by_client,
+            Side::Server => &self.inner.untracked_by_server,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Called for each established connection: counts it as untracked (and says so) when a
+    /// later CRL update could not match its peer's certificate.
+    pub(crate) fn track(&self, cert: &CertificateDer<'_>, side: Side) {
+        if with_issuer_and_serial(cert, |_, _| ()).is_some() {
+            return;
+        }
+        match side {
+            Side::Client => &self.inner.untracked_by_client,
+            Side::Server => &self.inner.untracked_by_server,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "peer certificate's issuer or serial is unreadable: a later CRL update cannot close \
+             this connection (counted in istio_crl_untracked_connections_total)"
+        );
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -209,5 +247,13 @@ mod tests {
         let garbage = b"-----BEGIN X509 CRL-----\nMIIBAAAA\n-----END X509 CRL-----\n";
         let err = parse_pem(garbage).expect_err("garbage is refused");
         assert!(err.to_string().contains("CRL 1"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_peer_certificate_is_counted_as_untracked() {
+        let r = Revocations::new(CrlSet::default());
+        r.track(&CertificateDer::from(vec![0x30, 0x00]), Side::Server);
+        assert_eq!(r.untracked(Side::Server), 1);
+        assert_eq!(r.untracked(Side::Client), 0);
     }
 }

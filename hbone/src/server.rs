@@ -290,6 +290,9 @@ impl Server {
             warn!("connection failed: verified peer has no SPIFFE identity");
             return;
         };
+        if let Some(r) = &revocations {
+            r.track(&peer_certificate, crate::crl::Side::Server);
+        }
         debug!(peer_identity = %peer_identity, "HBONE connection established");
         let s = &self.inner.settings;
         let mut builder = h2::server::Builder::new();

@@ -103,6 +103,8 @@ async fn server_refuses_a_revoked_client_and_accepts_the_others() {
     // Same identity, another (unlisted) certificate: accepted.
     echo_once(&pool(&good, None), addr).await.unwrap();
     assert_eq!(crls.rejections(Side::Server), 1);
+    // Its certificate can be matched by later updates: the connection is tracked.
+    assert_eq!(crls.untracked(Side::Server), 0);
 }
 
 #[tokio::test]

@@ -532,6 +532,16 @@ fn revoked_workload_certificate_is_refused(backend: Backend) {
             Err(rejected)
         }
     });
+    // Every connection's peer could be matched against the updates: none went untracked.
+    let samples = lab.ztunnel_metrics("node1").unwrap();
+    let untracked: Vec<f64> = prom::matching(
+        &samples,
+        "istio_crl_untracked_connections_total",
+        &[("reporter", "destination")],
+    )
+    .map(|s| s.value)
+    .collect();
+    assert_eq!(untracked, vec![0.0], "exported, and zero");
     let log = lab.logs("ztunnel", Some("node1")).unwrap();
     assert!(log.contains("revoked"), "ztunnel says why: {log}");
     let _ = std::fs::remove_file(&crl_path);

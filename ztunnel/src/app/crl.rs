@@ -8,7 +8,10 @@
 //!   and closes the live connections of newly revoked peers; a broken one is refused with the
 //!   reason, and the previous lists stay in force.
 //! * `istio_crl_policy_rejections_total{reporter}` counts refused handshakes: `source` when we
-//!   refused a revoked server, `destination` when we refused a revoked client.
+//!   refused a revoked server, `destination` when we refused a revoked client;
+//!   `istio_crl_untracked_connections_total{reporter}` counts connections whose peer
+//!   certificate a later update could not match (unreadable issuer or serial), so would not
+//!   close.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +24,10 @@ use tracing::{error, info};
 /// How often the file is checked for a new version.
 pub const POLL: Duration = Duration::from_secs(2);
 
+/// Handshakes refused because the peer's certificate is revoked.
 pub const REJECTIONS: &str = "istio_crl_policy_rejections_total";
+/// Connections a CRL update could not close (their peer certificate is unreadable).
+pub const UNTRACKED: &str = "istio_crl_untracked_connections_total";
 
 /// The CRLs loaded at start, with the file's bytes (what [`watch`] compares against).
 #[derive(Debug)]
@@ -52,6 +58,10 @@ pub fn watch(path: PathBuf, loaded: Loaded, shutdown: DrainWatch) {
     metrics::describe_counter!(
         REJECTIONS,
         "HBONE handshakes refused because the peer's certificate is revoked"
+    );
+    metrics::describe_counter!(
+        UNTRACKED,
+        "HBONE connections a CRL update cannot close: the peer certificate's issuer or serial is unreadable"
     );
     let Loaded { revocations, bytes } = loaded;
     let mut last = Some(bytes);
@@ -94,6 +104,7 @@ fn export(revocations: &Revocations) {
     for (side, reporter) in [(Side::Client, "source"), (Side::Server, "destination")] {
         metrics::counter!(REJECTIONS, "reporter" => reporter)
             .absolute(revocations.rejections(side));
+        metrics::counter!(UNTRACKED, "reporter" => reporter).absolute(revocations.untracked(side));
     }
 }
 
