@@ -11,6 +11,9 @@
 //!    ⇒ [`Decision::NoHealthyUpstream`]; else an endpoint picked by [`crate::lb`];
 //! 3. workload IP ⇒ that workload, port unchanged; if it has a waypoint and the source is not
 //!    that waypoint ⇒ [`Decision::ViaWaypoint`];
+//!    a waypoint whose chosen instance is on another network behind a gateway ⇒
+//!    [`Decision::ViaNetworkGateway`] with the addressed service's hostname (inner identities:
+//!    the waypoint service's SANs; without a service to name ⇒ [`Decision::UnknownWaypoint`]);
 //! 4. the chosen upstream: on another network behind a gateway ⇒
 //!    [`Decision::ViaNetworkGateway`]; an address of the right family (the original IP if the
 //!    workload owns it) else its hostname ⇒ [`Decision::NeedsDns`]; HBONE ⇒ [`Decision::Hbone`]
@@ -193,7 +196,33 @@ fn via_waypoint<R: Rng + ?Sized>(
     dest: DestinationInfo,
     rng: &mut R,
 ) -> Decision {
-    match resolve_gateway(view, source, &waypoint, rng) {
+    let Some((wp_svc, instance)) = pick_gateway_instance(view, source, &waypoint, rng) else {
+        return Decision::UnknownWaypoint { waypoint };
+    };
+    // A waypoint instance on another network is reached through that network's gateway, by the
+    // hostname of the service the client addressed (as Istio does; a workload-addressed
+    // destination has no hostname to give the gateway).
+    if instance.network != source.network
+        && let Some(gw) = &instance.network_gateway
+    {
+        let Some(service) = &dest.service else {
+            return Decision::UnknownWaypoint { waypoint };
+        };
+        let authority = format!("{}:{}", service.hostname, authority.port());
+        let inner_expected_identities = wp_svc.iter().flat_map(|s| s.sans()).collect();
+        return match resolve_gateway(view, source, gw, rng) {
+            Some(gateway) => Decision::ViaNetworkGateway {
+                gateway,
+                authority,
+                inner_expected_identities,
+                dest,
+            },
+            None => Decision::UnknownWaypoint {
+                waypoint: gw.clone(),
+            },
+        };
+    }
+    match gateway_target(wp_svc, instance, &waypoint) {
         Some(gateway) => Decision::ViaWaypoint {
             waypoint,
             gateway,
@@ -334,6 +363,17 @@ pub fn resolve_gateway<R: Rng + ?Sized>(
     gw: &GatewayAddress,
     rng: &mut R,
 ) -> Option<GatewayTarget> {
+    let (svc, workload) = pick_gateway_instance(view, source, gw, rng)?;
+    gateway_target(svc, workload, gw)
+}
+
+/// One instance of a waypoint or gateway (with its service when addressed through one).
+fn pick_gateway_instance<R: Rng + ?Sized>(
+    view: &MeshView<'_>,
+    source: &Workload,
+    gw: &GatewayAddress,
+    rng: &mut R,
+) -> Option<(Option<Arc<Service>>, Arc<Workload>)> {
     let (svc, workloads) = gateway_workloads(view, source, gw);
     let workload = match &svc {
         Some(svc) => {
@@ -342,6 +382,15 @@ pub fn resolve_gateway<R: Rng + ?Sized>(
         }
         None => workloads.into_iter().next()?,
     };
+    Some((svc, workload))
+}
+
+/// The dial target and expected identities of a chosen instance.
+fn gateway_target(
+    svc: Option<Arc<Service>>,
+    workload: Arc<Workload>,
+    gw: &GatewayAddress,
+) -> Option<GatewayTarget> {
     let families = svc.as_ref().and_then(|s| s.ip_families);
     let ip = match &gw.destination {
         GatewayDestination::Address(a) => pick_ip(&workload, a.address, families)?,

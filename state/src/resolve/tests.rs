@@ -391,6 +391,53 @@ fn remote_network_endpoint_goes_through_its_gateway() {
 }
 
 #[test]
+fn waypoint_on_another_network_goes_through_its_gateway() {
+    let (st, client) = mesh();
+    // The waypoint's only instance is a remote network's split-horizon workload.
+    assert!(st.remove_address("waypoint-0"));
+    let mut remote_wp = with_service(
+        workload("waypoint-net2", "shop", "waypoint", &[]),
+        WAYPOINT,
+        &[],
+    );
+    remote_wp.network = "net2".into();
+    remote_wp.network_gateway = Some(GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress::new("net2", ip("172.16.0.1"))),
+        hbone_mtls_port: 15008,
+    });
+    st.insert_workload("waypoint-net2", remote_wp);
+    let mut ewgw = workload("ewgw", "istio-system", "eastwest", &["172.16.0.1"]);
+    ewgw.network = "net2".into();
+    st.insert_workload("ewgw", ewgw);
+
+    let d = resolve(&st, &client, "10.96.7.7:80");
+    let Decision::ViaNetworkGateway {
+        gateway,
+        authority,
+        inner_expected_identities,
+        dest,
+    } = d
+    else {
+        panic!("{d:?}");
+    };
+    assert_eq!(
+        authority, "reviews.shop.svc.cluster.local:80",
+        "the addressed service"
+    );
+    assert_eq!(gateway.hbone_addr, sock("172.16.0.1:15008"));
+    assert_eq!(
+        inner_expected_identities,
+        vec![id("spiffe://cluster.local/ns/shop/sa/wp-san")],
+        "the inner tunnel ends at the waypoint: its service's SANs"
+    );
+    assert_eq!(dest.service.unwrap().name, "reviews");
+
+    // Addressed by pod IP there is no hostname to hand the gateway: refused.
+    let d = resolve(&st, &client, "10.20.0.60:80");
+    assert!(matches!(d, Decision::UnknownWaypoint { .. }), "{d:?}");
+}
+
+#[test]
 fn hostname_only_endpoint_needs_dns() {
     let (st, client) = mesh();
     st.insert_service(
