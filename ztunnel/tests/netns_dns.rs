@@ -10,10 +10,8 @@
 //!
 //! Needs root, iproute2 and iptables; fails (never skips) when they are missing.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,66 +19,15 @@ use std::time::Duration;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use nix::sched::CloneFlags;
 use proto::istio::workload as pb;
 use state::{MeshState, Service};
 use ztunnel::dns::{DnsInputs, DnsServer, ForwardSettings, SourceLabels, default_bind};
 use ztunnel::inpod::{InPodSocketFactory, NetnsHandle};
 
+mod support;
+use support::{Netns, run};
+
 const RESOLVER: &str = "10.199.53.1";
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd} (install iproute2/iptables, run as root): {e}")
-    });
-    assert!(
-        out.status.success(),
-        "`{cmd} {}` failed (this test needs root, iproute2 and iptables): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A named network namespace, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: &str) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        run("ip", &["netns", "add", name]);
-        Netns(name.into())
-    }
-
-    fn exec(&self, cmd: &str) -> String {
-        let mut all = vec!["netns", "exec", &self.0];
-        all.extend(cmd.split_whitespace());
-        run("ip", &all)
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn thread<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 
 /// Answers `example.org` A with 93.184.216.34 on UDP port 53 until `stop`.
 fn resolver(ns: &Netns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -184,8 +131,8 @@ async fn in_pod_dns_proxy_answers_and_forwards_with_marked_sockets() {
     run(
         "ip",
         &[
-            "link", "add", "zdns0", "netns", &pod.0, "type", "veth", "peer", "name", "zdns1",
-            "netns", &up.0,
+            "link", "add", "zdns0", "netns", &pod.name, "type", "veth", "peer", "name", "zdns1",
+            "netns", &up.name,
         ],
     );
     pod.exec("ip link set lo up");

@@ -53,6 +53,26 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The namespace's file (what `setns` opens).
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs `f` on a new thread inside the namespace.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
+            f()
+        })
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -70,12 +90,9 @@ pub struct Node {
 
 impl Node {
     pub fn new(ns: &Netns) -> Self {
-        let path = format!("/var/run/netns/{}", ns.name);
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let f = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
+        let thread = ns.thread(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
