@@ -32,16 +32,13 @@ use mesh_tests::config::{
 use mesh_tests::{Envoy, TempDir};
 use serde_json::json;
 use state::MeshState;
-use support::{Netns, Node, Recorder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ztunnel::proxy::{
-    Direction, OrigSrc, Proxy, ProxyHandle, ProxyInputs, ProxySettings, ResponseFlag,
-    SecurityPolicy, WorkloadInfo,
+use support::{
+    APP_PORT, MARK, Netns, Node, Recorder, WAIT, capture_outbound, exchange,
+    expect_closed_without_data, proxy_inputs,
 };
-use ztunnel::socket::{HostSocketFactory, SocketFactory};
-
-const MARK: u32 = 1337;
-const APP_PORT: u16 = 8080;
+use ztunnel::proxy::{
+    Direction, OrigSrc, Proxy, ProxyHandle, ProxySettings, ResponseFlag, SecurityPolicy,
+};
 const CLIENT_IP: &str = "10.78.1.1";
 const GATEWAY_IP: &str = "10.78.1.2";
 const GATEWAY_NET2_IP: &str = "10.78.2.2";
@@ -136,11 +133,12 @@ struct Multinet {
     client_sink: Arc<Recorder>,
     server_sink: Arc<Recorder>,
     envoy: Envoy,
-    proxies: Vec<(ProxyHandle, &'static str)>,
+    client_proxy: Option<ProxyHandle>,
+    server_proxy: Option<ProxyHandle>,
     // Dropped after the proxies: runtimes, then namespaces.
     client: Node,
     server: Node,
-    gateway: Node,
+    _gateway: Node,
     _ns: Vec<Netns>,
 }
 
@@ -176,13 +174,7 @@ impl Multinet {
         s.ip("route add default dev eth0");
         // The two networks meet only in the gateway, which does not route between them.
         g.exec("sysctl -qw net.ipv4.ip_forward=0");
-        for rule in [
-            format!("-t nat -A OUTPUT -p tcp -m mark --mark {MARK} -j RETURN"),
-            "-t nat -A OUTPUT -p tcp -o lo -j RETURN".into(),
-            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001".into(),
-        ] {
-            c.exec(&format!("iptables -w {rule}"));
-        }
+        capture_outbound(&c);
 
         let ca = TestCa::new("multinet-root");
         let client_state = Arc::new(MeshState::default());
@@ -192,14 +184,7 @@ impl Multinet {
         let client = Node::new(&c);
         let gateway = Node::new(&g);
         let server = Node::new(&s);
-        server
-            .run(async move {
-                let l = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT))
-                    .await
-                    .expect("bind app");
-                tokio::spawn(echo_app(l));
-            })
-            .await;
+        server.start_echo_app().await;
 
         // The east-west gateway.
         let dir = TempDir::new("ew-gateway");
@@ -231,25 +216,16 @@ impl Multinet {
 
         let client_sink = Arc::new(Recorder::default());
         let server_sink = Arc::new(Recorder::default());
-        let inputs =
-            |state: &Arc<MeshState>, sa: &str, network: &str, sink: &Arc<Recorder>| ProxyInputs {
-                state: state.clone(),
-                certs: StaticCertificate::new(ca.issue(&spiffe(sa)).workload_cert()),
-                sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
-                workload: WorkloadInfo {
-                    name: format!("{sa}-0"),
-                    namespace: "mesh".into(),
-                    service_account: sa.into(),
-                    trust_domain: "cluster.local".into(),
-                },
-                settings: ProxySettings {
-                    network: network.into(),
-                    orig_src: OrigSrc::Never,
-                    termination_deadline: Duration::from_secs(1),
-                    ..ProxySettings::default()
-                },
-                telemetry: sink.clone(),
+        let inputs = |state: &Arc<MeshState>, sa: &str, network: &str, sink: &Arc<Recorder>| {
+            let certs = StaticCertificate::new(ca.issue(&spiffe(sa)).workload_cert());
+            let settings = ProxySettings {
+                network: network.into(),
+                orig_src: OrigSrc::Never,
+                termination_deadline: Duration::from_secs(1),
+                ..ProxySettings::default()
             };
+            proxy_inputs(state, certs, sa, sink, settings)
+        };
         let ci = inputs(&client_state, "client", "net1", &client_sink);
         let si = inputs(&server_state, "server", "net2", &server_sink);
         let client_proxy = client
@@ -263,81 +239,27 @@ impl Multinet {
             client_sink,
             server_sink,
             envoy,
-            proxies: vec![(client_proxy, "client"), (server_proxy, "server")],
+            client_proxy: Some(client_proxy),
+            server_proxy: Some(server_proxy),
             client,
             server,
-            gateway,
+            _gateway: gateway,
             _ns: vec![c, g, s],
         }
     }
 
-    /// Connects from the client application (captured by the redirect) and exchanges `msg`
-    /// with the echo application; returns the app's greeting and the echo.
-    async fn exchange(&self, dst: &str, msg: &'static [u8]) -> std::io::Result<(String, Vec<u8>)> {
-        let dst: SocketAddr = dst.parse().unwrap();
-        self.client
-            .run(async move {
-                let socket = HostSocketFactory { mark: None }.new_tcp(dst)?;
-                let mut tcp = tokio::time::timeout(Duration::from_secs(10), socket.connect(dst))
-                    .await
-                    .map_err(|_| std::io::ErrorKind::TimedOut)??;
-                let mut greeting = Vec::new();
-                loop {
-                    let mut b = [0u8; 1];
-                    if tcp.read(&mut b).await? == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    if b[0] == b'\n' {
-                        break;
-                    }
-                    greeting.push(b[0]);
-                }
-                tcp.write_all(msg).await?;
-                let mut echoed = vec![0u8; msg.len()];
-                tcp.read_exact(&mut echoed).await?;
-                tcp.shutdown().await?;
-                Ok((String::from_utf8_lossy(&greeting).into_owned(), echoed))
-            })
-            .await
+    /// Connects from the client application (captured by the redirect).
+    async fn connect_app(&self, dst: &str) -> std::io::Result<tokio::net::TcpStream> {
+        self.client.connect(dst.parse().unwrap(), None, WAIT).await
     }
 
     async fn shutdown(mut self) {
-        for (p, node) in self.proxies.drain(..) {
-            let node = if node == "client" {
-                &self.client
-            } else {
-                &self.server
-            };
-            node.run(async move { p.drain(Duration::from_millis(200)).await })
-                .await;
+        if let Some(p) = self.client_proxy.take() {
+            self.client.drain(p, Duration::from_millis(200)).await;
         }
-        let _ = &self.gateway;
-    }
-}
-
-/// Writes `peer=<ip>\n`, then echoes until EOF.
-async fn echo_app(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((mut tcp, peer)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            let ip = ztunnel::socket::canonical(peer).ip();
-            if tcp
-                .write_all(format!("peer={ip}\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = tcp.read(&mut buf).await {
-                if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            let _ = tcp.shutdown().await;
-        });
+        if let Some(p) = self.server_proxy.take() {
+            self.server.drain(p, Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -350,23 +272,16 @@ async fn remote_network_service_is_reached_through_the_east_west_gateway() {
     let direct: SocketAddr = format!("{SERVER_IP}:{APP_PORT}").parse().unwrap();
     let unreachable = lab
         .client
-        .run(async move {
-            let socket = HostSocketFactory { mark: Some(MARK) }.new_tcp(direct)?;
-            tokio::time::timeout(Duration::from_secs(2), socket.connect(direct))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
-                .map(|_| ())
-        })
+        .connect(direct, Some(MARK), Duration::from_secs(2))
         .await;
     assert!(
         unreachable.is_err(),
         "net1 must not reach net2 directly, or this test proves nothing"
     );
 
-    let (greeting, echoed) = lab.exchange(VIP, b"across networks").await.unwrap();
-    assert_eq!(echoed, b"across networks");
+    let seen = exchange(lab.connect_app(VIP).await.unwrap(), "across networks").await;
     // The application sees its own node's proxy (no source spoofing across networks here).
-    assert_eq!(greeting, format!("peer={SERVER_IP}"));
+    assert_eq!(seen, SERVER_IP);
 
     // Client side: reported against the gateway, for the service the app addressed.
     let (ctx, outcome) = lab.client_sink.closed(1).await;
@@ -420,14 +335,7 @@ async fn a_final_hop_outside_the_service_sans_is_refused() {
     let lab = Multinet::new("san").await;
     // The service is said to run as `billing`; the server proves `server`.
     state::local::load(&lab.client_state, &client_view(&spiffe("billing"))).unwrap();
-    let err = lab.exchange(VIP, b"x").await.unwrap_err();
-    assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-        ),
-        "{err:?}"
-    );
+    expect_closed_without_data(lab.connect_app(VIP).await).await;
     let (ctx, outcome) = lab.client_sink.closed(1).await;
     assert_eq!(outcome.flag, ResponseFlag::TlsFailure, "{outcome:?}");
     let error = outcome.error.unwrap_or_default();

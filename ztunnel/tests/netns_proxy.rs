@@ -20,19 +20,17 @@ use std::time::Duration;
 use hbone::{Identity, StaticCertificate};
 use mesh_testing::TestCa;
 use state::MeshState;
-use support::{Netns, Node, Recorder};
+use support::{
+    APP_PORT, MARK, Netns, Node, Recorder, WAIT, capture_outbound, exchange,
+    expect_closed_without_data, proxy_inputs,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use ztunnel::proxy::io::{Connector, FactoryDialer};
 use ztunnel::proxy::{
-    Direction, OrigSrc, Proxy, ProxyHandle, ProxyInputs, ProxySettings, ResponseFlag,
-    SecurityPolicy, WorkloadInfo, telemetry,
+    Direction, OrigSrc, Proxy, ProxyHandle, ProxySettings, ResponseFlag, SecurityPolicy, telemetry,
 };
-use ztunnel::socket::{HostSocketFactory, SocketFactory};
-
-const MARK: u32 = 1337;
-const APP_PORT: u16 = 8080;
-const WAIT: Duration = Duration::from_secs(10);
+use ztunnel::socket::HostSocketFactory;
 
 fn mesh_yaml(net: u8) -> String {
     format!(
@@ -133,15 +131,7 @@ impl Lab {
             ns.ip("link set lo up");
             ns.ip("route add default dev eth0");
         }
-        // Client node: capture the application's outbound TCP, except the proxy's own
-        // (marked) sockets and loopback.
-        for rule in [
-            format!("-t nat -A OUTPUT -p tcp -m mark --mark {MARK} -j RETURN"),
-            "-t nat -A OUTPUT -p tcp -o lo -j RETURN".into(),
-            "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 15001".into(),
-        ] {
-            client_ns.exec(&format!("iptables -w {rule}"));
-        }
+        capture_outbound(&client_ns);
         // Server node: plaintext inbound to 15006, HBONE untouched; wire counters.
         server_ns.exec(
             "iptables -w -t nat -A PREROUTING -i eth0 -p tcp ! --dport 15008 -j REDIRECT --to-ports 15006",
@@ -165,14 +155,7 @@ impl Lab {
         let ca = TestCa::new("netns-test");
         let client = Node::new(&client_ns);
         let server = Node::new(&server_ns);
-        server
-            .run(async move {
-                let l = tokio::net::TcpListener::bind(("0.0.0.0", APP_PORT))
-                    .await
-                    .expect("bind app");
-                tokio::spawn(echo_app(l));
-            })
-            .await;
+        server.start_echo_app().await;
         let client_sink = Arc::new(Recorder::default());
         let server_sink = Arc::new(Recorder::default());
         let cert = |sa: &str| {
@@ -182,30 +165,24 @@ impl Lab {
             )
         };
         let client_cert = cert("client");
-        let inputs = |certs: Arc<StaticCertificate>, sa: &str, sink: Arc<Recorder>| ProxyInputs {
-            state: state.clone(),
-            certs,
-            sockets: Arc::new(HostSocketFactory { mark: Some(MARK) }),
-            workload: WorkloadInfo {
-                name: format!("{sa}-0"),
-                namespace: "mesh".into(),
-                service_account: sa.into(),
-                trust_domain: "cluster.local".into(),
+        let settings = || ProxySettings {
+            orig_src: OrigSrc::Auto,
+            termination_deadline: Duration::from_secs(1),
+            ports: ztunnel::proxy::Ports {
+                socks5: Some(0),
+                ..Default::default()
             },
-            settings: ProxySettings {
-                orig_src: OrigSrc::Auto,
-                termination_deadline: Duration::from_secs(1),
-                ports: ztunnel::proxy::Ports {
-                    socks5: Some(0),
-                    ..Default::default()
-                },
-                ..ProxySettings::default()
-            },
-            telemetry: sink,
+            ..ProxySettings::default()
         };
         let (ci, si) = (
-            inputs(client_cert.clone(), "client", client_sink.clone()),
-            inputs(cert("server"), "server", server_sink.clone()),
+            proxy_inputs(
+                &state,
+                client_cert.clone(),
+                "client",
+                &client_sink,
+                settings(),
+            ),
+            proxy_inputs(&state, cert("server"), "server", &server_sink, settings()),
         );
         let client_proxy = client
             .run(async move { Proxy::start(ci).expect("client proxy starts") })
@@ -252,131 +229,18 @@ impl Lab {
     /// Connects from the client node as the application (captured) or bypassing capture.
     async fn connect(&self, dst: SocketAddr, captured: bool) -> std::io::Result<TcpStream> {
         self.client
-            .run(async move {
-                let factory = HostSocketFactory {
-                    mark: (!captured).then_some(MARK),
-                };
-                let socket = factory.new_tcp(dst)?;
-                tokio::time::timeout(WAIT, socket.connect(dst))
-                    .await
-                    .map_err(|_| std::io::ErrorKind::TimedOut)?
-            })
+            .connect(dst, (!captured).then_some(MARK), WAIT)
             .await
     }
 
     async fn shutdown(mut self) {
         if let Some(p) = self.client_proxy.take() {
-            self.client
-                .run(async move { p.drain(Duration::from_millis(200)).await })
-                .await;
+            self.client.drain(p, Duration::from_millis(200)).await;
         }
         if let Some(p) = self.server_proxy.take() {
-            self.server
-                .run(async move { p.drain(Duration::from_millis(200)).await })
-                .await;
+            self.server.drain(p, Duration::from_millis(200)).await;
         }
     }
-}
-
-/// Writes `peer=<ip>\n`, then echoes until EOF.
-async fn echo_app(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((mut tcp, peer)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            let ip = ztunnel::socket::canonical(peer).ip();
-            if tcp
-                .write_all(format!("peer={ip}\n").as_bytes())
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let mut buf = [0u8; 4096];
-            loop {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tcp.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tcp.shutdown().await;
-        });
-    }
-}
-
-/// Reads the greeting line, sends `msg`, expects it back, half-closes, expects EOF.
-/// Returns the peer IP the application saw.
-async fn exchange(tcp: TcpStream, msg: &str) -> String {
-    tokio::time::timeout(WAIT, async move {
-        let mut tcp = BufReader::new(tcp);
-        let mut line = String::new();
-        tcp.read_line(&mut line).await.expect("greeting");
-        let peer = line
-            .trim()
-            .strip_prefix("peer=")
-            .unwrap_or_else(|| panic!("unexpected greeting {line:?}"))
-            .to_string();
-        tcp.get_mut()
-            .write_all(msg.as_bytes())
-            .await
-            .expect("write");
-        let mut back = vec![0u8; msg.len()];
-        tcp.read_exact(&mut back).await.expect("echo");
-        assert_eq!(back, msg.as_bytes());
-        tcp.get_mut().shutdown().await.expect("half-close");
-        let mut rest = Vec::new();
-        tcp.read_to_end(&mut rest).await.expect("EOF");
-        assert!(rest.is_empty());
-        peer
-    })
-    .await
-    .expect("exchange timed out")
-}
-
-/// Expects the connection to end without delivering any application byte.
-/// A refused connection: either the reset arrived before the connect completed (refused or
-/// reset), or the connection is closed without any data (ztunnel resets refused connections at
-/// once, so which one a client sees depends on timing).
-async fn expect_closed_without_data(connected: std::io::Result<TcpStream>) {
-    let tcp = match connected {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                ),
-                "connect failed other than by a reset: {e}"
-            );
-            return;
-        }
-    };
-    tokio::time::timeout(WAIT, async move {
-        let mut tcp = tcp;
-        let _ = tcp.write_all(b"hello").await;
-        let mut buf = Vec::new();
-        match tcp.read_to_end(&mut buf).await {
-            Ok(_) => assert!(
-                buf.is_empty(),
-                "got data: {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ),
-                "{e}"
-            ),
-        }
-    })
-    .await
-    .expect("connection was not closed");
 }
 
 fn label<'a>(labels: &'a [(&'static str, String)], k: &str) -> &'a str {

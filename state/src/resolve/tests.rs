@@ -348,6 +348,19 @@ fn weighted_waypoints_skip_zero_weight() {
     }
 }
 
+/// Puts `w` on network `net2`, reached through net2's east-west gateway (172.16.0.1, identity
+/// `istio-system/eastwest`), which is added to the mesh.
+fn behind_net2_gateway(st: &MeshState, w: &mut Workload) {
+    w.network = "net2".into();
+    w.network_gateway = Some(GatewayAddress {
+        destination: GatewayDestination::Address(NetworkAddress::new("net2", ip("172.16.0.1"))),
+        hbone_mtls_port: 15008,
+    });
+    let mut ewgw = workload("ewgw", "istio-system", "eastwest", &["172.16.0.1"]);
+    ewgw.network = "net2".into();
+    st.insert_workload("ewgw", ewgw);
+}
+
 #[test]
 fn remote_network_endpoint_goes_through_its_gateway() {
     let (st, client) = mesh();
@@ -360,15 +373,8 @@ fn remote_network_endpoint_goes_through_its_gateway() {
         "shop/far.shop.svc.cluster.local",
         &[],
     );
-    far.network = "net2".into();
-    far.network_gateway = Some(GatewayAddress {
-        destination: GatewayDestination::Address(NetworkAddress::new("net2", ip("172.16.0.1"))),
-        hbone_mtls_port: 15008,
-    });
+    behind_net2_gateway(&st, &mut far);
     st.insert_workload("far-0", far);
-    let mut ewgw = workload("ewgw", "istio-system", "eastwest", &["172.16.0.1"]);
-    ewgw.network = "net2".into();
-    st.insert_workload("ewgw", ewgw);
 
     let d = resolve(&st, &client, "10.96.2.2:80");
     let Decision::ViaNetworkGateway {
@@ -400,15 +406,8 @@ fn waypoint_on_another_network_goes_through_its_gateway() {
         WAYPOINT,
         &[],
     );
-    remote_wp.network = "net2".into();
-    remote_wp.network_gateway = Some(GatewayAddress {
-        destination: GatewayDestination::Address(NetworkAddress::new("net2", ip("172.16.0.1"))),
-        hbone_mtls_port: 15008,
-    });
+    behind_net2_gateway(&st, &mut remote_wp);
     st.insert_workload("waypoint-net2", remote_wp);
-    let mut ewgw = workload("ewgw", "istio-system", "eastwest", &["172.16.0.1"]);
-    ewgw.network = "net2".into();
-    st.insert_workload("ewgw", ewgw);
 
     let d = resolve(&st, &client, "10.96.7.7:80");
     let Decision::ViaNetworkGateway {

@@ -118,22 +118,30 @@ pub fn plan_outbound(
         ctx.destination = dest.workload.as_deref().map(PeerInfo::from);
         ctx.destination_service = dest.service.as_deref().map(ServiceInfo::from);
     };
+    // Telemetry of a tunnel to `hbone_addr` reaching `dest`; returns the `forwarded` host.
+    let tunnel = |ctx: &mut ConnectionContext,
+                  dest: &DestinationInfo,
+                  hbone_addr: SocketAddr,
+                  authority: &str| {
+        describe(ctx, dest);
+        ctx.dst_addr = hbone_addr;
+        ctx.hbone_target = Some(authority.to_string());
+        ctx.source_identity = Some(source.identity.clone());
+        ctx.destination_identity = dest.workload.as_ref().map(|w| w.identity.clone());
+        ctx.security = SecurityPolicy::MutualTls;
+        dest.service.as_ref().map(|s| s.hostname.clone())
+    };
     let hbone = |ctx: &mut ConnectionContext,
                  dest: &DestinationInfo,
                  hbone_addr: SocketAddr,
                  authority: String,
                  expected: Vec<Identity>| {
-        describe(ctx, dest);
-        ctx.dst_addr = hbone_addr;
-        ctx.hbone_target = Some(authority.clone());
-        ctx.source_identity = Some(source.identity.clone());
-        ctx.destination_identity = dest.workload.as_ref().map(|w| w.identity.clone());
-        ctx.security = SecurityPolicy::MutualTls;
+        let forwarded_host = tunnel(ctx, dest, hbone_addr, &authority);
         OutboundRoute::Hbone {
             hbone_addr,
             authority,
             expected,
-            forwarded_host: dest.service.as_ref().map(|s| s.hostname.clone()),
+            forwarded_host,
         }
     };
     let route = match decision {
@@ -174,19 +182,17 @@ pub fn plan_outbound(
         } => {
             // As Istio reports it: the destination is the gateway (the hop we reach), the
             // service is the one the client addressed.
-            ctx.destination = Some(PeerInfo::from(&*gateway.workload));
-            ctx.destination_service = dest.service.as_deref().map(ServiceInfo::from);
-            ctx.destination_identity = Some(gateway.workload.identity.clone());
-            ctx.dst_addr = gateway.hbone_addr;
-            ctx.hbone_target = Some(authority.clone());
-            ctx.source_identity = Some(source.identity.clone());
-            ctx.security = SecurityPolicy::MutualTls;
+            let reached = DestinationInfo {
+                service: dest.service,
+                workload: Some(gateway.workload.clone()),
+            };
+            let forwarded_host = tunnel(&mut ctx, &reached, gateway.hbone_addr, &authority);
             OutboundRoute::DoubleHbone {
                 gateway_addr: gateway.hbone_addr,
                 authority,
                 gateway_expected: gateway.expected_identities,
                 expected: inner_expected_identities,
-                forwarded_host: dest.service.as_ref().map(|s| s.hostname.clone()),
+                forwarded_host,
             }
         }
         Decision::NeedsDns { hostname, dest, .. } => {
@@ -374,8 +380,8 @@ pub fn inner_request(
     expected: Vec<Identity>,
 ) -> hbone::InnerRequest {
     let mut headers = outer.headers.clone();
-    if let Ok(value) = http::HeaderValue::from_str(network)
-        && !network.is_empty()
+    if !network.is_empty()
+        && let Ok(value) = http::HeaderValue::from_str(network)
     {
         headers.insert(X_FORWARDED_NETWORK, value);
     }

@@ -699,8 +699,8 @@ services:
 
 #[test]
 fn remote_network_endpoint_goes_through_its_gateway() {
-    let far = MeshState::default();
-    state::local::load(&far, &merge_yaml(MESH, FAR_NETWORK)).unwrap();
+    let far = mesh();
+    state::local::load(&far, FAR_NETWORK).unwrap();
     let gateway = Identity::new("cluster.local", "istio-system", "istio-eastwestgateway");
     let p = plan(&far, "10.96.0.7:80");
     assert_eq!(
@@ -725,23 +725,6 @@ fn remote_network_endpoint_goes_through_its_gateway() {
     );
     assert_eq!(p.ctx.security, SecurityPolicy::MutualTls);
     assert_eq!(p.ctx.dst_addr, addr("172.16.0.1:15008"));
-}
-
-/// Both documents' workloads and services in one config.
-fn merge_yaml(a: &str, b: &str) -> String {
-    let parse = |s: &str| serde_yaml::from_str::<serde_yaml::Mapping>(s).unwrap();
-    let (mut a, b) = (parse(a), parse(b));
-    for (k, v) in b {
-        let merged = match (a.remove(&k), v) {
-            (Some(serde_yaml::Value::Sequence(mut x)), serde_yaml::Value::Sequence(y)) => {
-                x.extend(y);
-                serde_yaml::Value::Sequence(x)
-            }
-            (_, v) => v,
-        };
-        a.insert(k, merged);
-    }
-    serde_yaml::to_string(&a).unwrap()
 }
 
 #[test]
