@@ -37,7 +37,7 @@ use support::{
     expect_closed_without_data, proxy_inputs,
 };
 use ztunnel::proxy::{
-    Direction, OrigSrc, Proxy, ProxyHandle, ProxySettings, ResponseFlag, SecurityPolicy,
+    Direction, OrigSrc, ProxyHandle, ProxySettings, ResponseFlag, SecurityPolicy,
 };
 const CLIENT_IP: &str = "10.78.1.1";
 const GATEWAY_IP: &str = "10.78.1.2";
@@ -228,12 +228,8 @@ impl Multinet {
         };
         let ci = inputs(&client_state, "client", "net1", &client_sink);
         let si = inputs(&server_state, "server", "net2", &server_sink);
-        let client_proxy = client
-            .run(async move { Proxy::start(ci).expect("client proxy starts") })
-            .await;
-        let server_proxy = server
-            .run(async move { Proxy::start(si).expect("server proxy starts") })
-            .await;
+        let client_proxy = client.start_proxy(ci).await;
+        let server_proxy = server.start_proxy(si).await;
         Multinet {
             client_state,
             client_sink,

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use ztunnel::proxy::io::{Connector, FactoryDialer};
 use ztunnel::proxy::{
-    Direction, OrigSrc, Proxy, ProxyHandle, ProxySettings, ResponseFlag, SecurityPolicy, telemetry,
+    Direction, OrigSrc, ProxyHandle, ProxySettings, ResponseFlag, SecurityPolicy, telemetry,
 };
 use ztunnel::socket::HostSocketFactory;
 
@@ -184,12 +184,8 @@ impl Lab {
             ),
             proxy_inputs(&state, cert("server"), "server", &server_sink, settings()),
         );
-        let client_proxy = client
-            .run(async move { Proxy::start(ci).expect("client proxy starts") })
-            .await;
-        let server_proxy = server
-            .run(async move { Proxy::start(si).expect("server proxy starts") })
-            .await;
+        let client_proxy = client.start_proxy(ci).await;
+        let server_proxy = server.start_proxy(si).await;
         Lab {
             net,
             state,

@@ -16,7 +16,7 @@ use state::MeshState;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use ztunnel::proxy::{
-    ConnectionContext, DefaultTelemetry, Direction, EarlyFailure, Outcome, ProxyHandle,
+    ConnectionContext, DefaultTelemetry, Direction, EarlyFailure, Outcome, Proxy, ProxyHandle,
     ProxyInputs, ProxySettings, TelemetrySink, WorkloadInfo,
 };
 use ztunnel::socket::{HostSocketFactory, SocketFactory};
@@ -209,6 +209,12 @@ impl Node {
                 .map_err(|_| std::io::ErrorKind::TimedOut)?
         })
         .await
+    }
+
+    /// Starts a proxy in this node.
+    pub async fn start_proxy(&self, inputs: ProxyInputs) -> ProxyHandle {
+        self.run(async move { Proxy::start(inputs).expect("proxy starts") })
+            .await
     }
 
     /// Drains a proxy running in this node.
