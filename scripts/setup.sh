@@ -91,6 +91,22 @@ for pkg in "${DEB_PACKAGES[@]}"; do
     fi
 done
 
+# -------------------------------------------------------------------- disk
+# A build of every test target needs about DISK_NEED_GIB in target/ (measured on
+# a fresh clone with CI's settings, see .ci/run); with less, rustc dies halfway
+# with "No space left on device". Say so up front, naming what to free.
+DISK_NEED_GIB="${DISK_NEED_GIB:-4}"
+target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
+probe_dir="$target_dir"
+[[ -d "$probe_dir" ]] || probe_dir="$ROOT"
+free_kib="$(df -Pk "$probe_dir" | awk 'NR == 2 { print $4 }')"
+if [[ -n "$free_kib" ]] && ((free_kib < DISK_NEED_GIB * 1024 * 1024)); then
+    log "warning: only $((free_kib / 1024)) MiB free on the filesystem of $target_dir; building all tests needs about ${DISK_NEED_GIB} GiB"
+    log "warning: free space (cargo clean, old clones in /tmp) or point CARGO_TARGET_DIR at a bigger filesystem"
+else
+    log "disk: $((free_kib / 1024 / 1024)) GiB free for $target_dir"
+fi
+
 # -------------------------------------------------------------- Rust tools
 command -v cargo >/dev/null || die "cargo not found on PATH: the Rust toolchain is expected to be preinstalled"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing: rustup component add rustfmt"
