@@ -92,9 +92,10 @@ for pkg in "${DEB_PACKAGES[@]}"; do
 done
 
 # -------------------------------------------------------------------- disk
-# A build of every test target needs about DISK_NEED_GIB in target/ (measured on
-# a fresh clone with CI's settings, see .ci/run); with less, rustc dies halfway
-# with "No space left on device". Say so up front, naming what to free.
+# Building every test target fills target/ with about 1.7 GiB with CI's settings
+# (.ci/run: no incremental caches, no debug line tables) and 7 GiB with the
+# defaults; with too little room rustc dies halfway with "No space left on
+# device". Warn up front, naming what to free.
 DISK_NEED_GIB="${DISK_NEED_GIB:-4}"
 target_dir="${CARGO_TARGET_DIR:-$ROOT/target}"
 probe_dir="$target_dir"

@@ -518,7 +518,11 @@ fn revoked_workload_certificate_is_refused(backend: Backend) {
         "new requests with the revoked certificate fail",
         |c| !c.ok(),
     );
-    assert_eq!(refused.exit, 56, "refused with a reset: {refused:?}");
+    // Reset (56), or refused (7) when the reset beat curl's own connect (a busy machine).
+    assert!(
+        matches!(refused.exit, 7 | 56),
+        "refused with a reset: {refused:?}"
+    );
     // The counter is refreshed with each check of the file (every 2 s).
     wait_until("node1's ztunnel counts the refusals", 10, || {
         let rejected = ztunnel_metric(

@@ -241,7 +241,11 @@ spec: {}
         Curl::ok,
     );
     let c = curl(&lab, "curl", "default", url, &[]);
-    assert!(reset(&c), "another principal is still reset: {c:?}");
+    // Reset (56), or refused (7) when the reset beat curl's own connect (a busy machine).
+    assert!(
+        matches!(c.exit, 7 | 56) && c.code == "000",
+        "another principal is still refused: {c:?}"
+    );
 }
 
 /// S10: ALLOW by namespace, DENY by notNamespaces, ALLOW by port, `when source.ip notValues`
