@@ -35,6 +35,7 @@ test-only: ## doc tests and every nextest test (with ENVOY_BIN exported), no set
 	@ENVOY_BIN="$$(bash scripts/envoy-path.sh)"; export ENVOY_BIN; \
 	echo "ENVOY_BIN=$$ENVOY_BIN"; \
 	HELM_PYTHON="$(CURDIR)/$(VENV_PYTHON)"; export HELM_PYTHON; \
+	TEST_PYTHON="$(CURDIR)/$(VENV_PYTHON)"; export TEST_PYTHON; \
 	status=0; \
 	$(CARGO) test --workspace --doc --locked || status=$$?; \
 	$(CARGO) nextest run --workspace --locked --no-fail-fast --profile $(NEXTEST_PROFILE) $(NEXTEST_ARGS) || status=$$?; \

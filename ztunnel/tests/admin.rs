@@ -34,24 +34,33 @@ impl Reply {
 }
 
 async fn send(addr: SocketAddr, method: &str, target: &str) -> Reply {
+    let (status, head, body) = send_raw(addr, method, target).await;
+    Reply {
+        status,
+        head,
+        body: String::from_utf8(body).expect("a text body"),
+    }
+}
+
+/// Status, head and the body as bytes.
+async fn send_raw(addr: SocketAddr, method: &str, target: &str) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let req = format!(
         "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
         .expect("response in time")
         .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a full response");
+    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    Reply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
+    (status, head, raw[end + 4..].to_vec())
 }
 
 fn config(extra: &[(&str, &str)]) -> Config {
@@ -120,11 +129,118 @@ async fn admin_endpoints() {
     assert_eq!(v["version"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(send(a.addr, "POST", "/config_dump").await.status, 405);
 
-    let pprof = send(a.addr, "GET", "/debug/pprof/profile?seconds=5").await;
-    assert_eq!(pprof.status, 501);
-    assert_eq!(pprof.body, "profiling is not available in this build\n");
-    assert_eq!(send(a.addr, "GET", "/debug/pprof/heap").await.status, 501);
+    let bad = send(a.addr, "GET", "/debug/pprof/profile?seconds=0").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.body,
+        "seconds=\"0\" is invalid: an integer from 1 to 300\n"
+    );
+    assert_eq!(
+        send(a.addr, "POST", "/debug/pprof/profile").await.status,
+        405
+    );
+    let heap = send(a.addr, "GET", "/debug/pprof/heap").await;
+    assert_eq!(heap.status, 501);
+    assert!(heap.body.contains("jemalloc"), "{}", heap.body);
+    assert_eq!(send(a.addr, "GET", "/debug/pprof/nope").await.status, 404);
     assert_eq!(send(a.addr, "GET", "/nope").await.status, 404);
+    a.trigger.start_drain(Duration::ZERO);
+    a.server.wait().await;
+}
+
+/// Spins until `until`; its name must show up in the profile.
+#[inline(never)]
+fn burn_cpu_for_the_profiler(until: std::time::Instant) -> u64 {
+    let mut x = 1u64;
+    while std::time::Instant::now() < until {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    x
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_profile_in_pprof_format() {
+    use pprof::protos::Message as _;
+
+    let a = start_admin(Arc::new(|| serde_json::json!({}))).await;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let burner = std::thread::spawn(move || burn_cpu_for_the_profiler(until));
+
+    let addr = a.addr;
+    let first = tokio::spawn(async move {
+        send_raw(addr, "GET", "/debug/pprof/profile?seconds=2&frequency=250").await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = send(a.addr, "GET", "/debug/pprof/profile?seconds=1").await;
+    assert_eq!(second.status, 409, "one profile at a time: {}", second.body);
+    assert!(
+        second.body.contains("already being taken"),
+        "{}",
+        second.body
+    );
+
+    let (status, head, body) = first.await.unwrap();
+    burner.join().unwrap();
+    assert_eq!(status, 200, "{head}\n{}", String::from_utf8_lossy(&body));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/octet-stream")
+    );
+    let profile = pprof::protos::Profile::decode(body.as_slice()).expect("a pprof Profile");
+    let strings = &profile.string_table;
+    let name = |i: i64| strings[usize::try_from(i).unwrap()].as_str();
+    let sample_types: Vec<(&str, &str)> = profile
+        .sample_type
+        .iter()
+        .map(|t| (name(t.ty), name(t.unit)))
+        .collect();
+    assert!(
+        sample_types.contains(&("cpu", "nanoseconds")),
+        "{sample_types:?}"
+    );
+    assert!(
+        profile.duration_nanos >= 2_000_000_000,
+        "{}",
+        profile.duration_nanos
+    );
+    // 2 s at 250 Hz of one busy thread: hundreds of samples, most in the burner.
+    let total: i64 = profile.sample.iter().map(|s| s.value[0]).sum();
+    assert!(total >= 100, "only {total} samples");
+    let burner_fn: Vec<u64> = profile
+        .function
+        .iter()
+        .filter(|f| name(f.name).contains("burn_cpu_for_the_profiler"))
+        .map(|f| f.id)
+        .collect();
+    assert!(
+        !burner_fn.is_empty(),
+        "the busy function is not in the profile"
+    );
+    let in_burner: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            s.location_id.iter().any(|loc| {
+                profile.location.iter().any(|l| {
+                    l.id == *loc
+                        && l.line
+                            .iter()
+                            .any(|line| burner_fn.contains(&line.function_id))
+                })
+            })
+        })
+        .map(|s| s.value[0])
+        .sum();
+    assert!(
+        in_burner * 2 >= total,
+        "{in_burner} of {total} samples in the busy function"
+    );
+
+    // The profiler is free again.
+    let again = send_raw(a.addr, "GET", "/debug/pprof/profile?seconds=1&frequency=10").await;
+    assert_eq!(again.0, 200);
     a.trigger.start_drain(Duration::ZERO);
     a.server.wait().await;
 }
@@ -292,7 +408,13 @@ async fn readiness_endpoint() {
 
 #[tokio::test]
 async fn stats_endpoint() {
-    let prometheus = Prometheus::install().unwrap();
+    // As the app installs it: Istio's DNS buckets, and the metrics' help texts.
+    let builder =
+        ztunnel::dns::metrics::with_buckets(metrics_exporter_prometheus::PrometheusBuilder::new())
+            .unwrap();
+    let prometheus = Prometheus::install_with(builder).unwrap();
+    ztunnel::proxy::DefaultTelemetry::describe();
+    ztunnel::dns::DnsMetrics::describe();
     let (trigger, watch) = drain::channel();
     let server = admin::start_stats(&LOCAL0, prometheus, Some("1.28.0"), watch)
         .await
@@ -305,7 +427,7 @@ async fn stats_endpoint() {
         assert_eq!(reply.status, 200, "{path}");
         assert_eq!(
             reply.header("content-type"),
-            Some("text/plain; version=0.0.4")
+            Some("text/plain; version=0.0.4; charset=utf-8")
         );
         assert!(
             reply
@@ -320,8 +442,97 @@ async fn stats_endpoint() {
     }
     assert_eq!(send(addr, "POST", "/metrics").await.status, 405);
     assert_eq!(send(addr, "GET", "/").await.status, 404);
+
+    // What Prometheus sends: OpenMetrics preferred, and the answer parses with a strict
+    // OpenMetrics parser (the Python reference client's).
+    metrics::histogram!("istio_dns_upstream_request_duration_seconds", "request_query_type" => "A")
+        .record(0.002);
+    metrics::gauge!("tokio_num_workers").set(2.0);
+    let accept = "application/openmetrics-text;version=1.0.0;q=0.5,\
+                  text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    let om = send_with(addr, "/metrics", &[("Accept", accept)]).await;
+    assert_eq!(om.status, 200);
+    assert_eq!(
+        om.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
+    assert!(
+        om.body.contains("# TYPE istio_xds_message counter\n"),
+        "{}",
+        om.body
+    );
+    let families = parse_openmetrics(&om.body);
+    for want in [
+        "counter istio_xds_message istio_xds_message_total{url=type.googleapis.com/istio.workload.Address} 2.0",
+        "gauge istio_build istio_build{component=ztunnel,tag=1.28.0} 1.0",
+        "gauge tokio_num_workers tokio_num_workers{} 2.0",
+        "histogram istio_dns_upstream_request_duration_seconds istio_dns_upstream_request_duration_seconds_bucket{le=0.01,request_query_type=A} 1.0",
+        "histogram istio_dns_upstream_request_duration_seconds istio_dns_upstream_request_duration_seconds_count{request_query_type=A} 1.0",
+    ] {
+        assert!(
+            families.lines().any(|l| l == want),
+            "{want}\nnot in:\n{families}"
+        );
+    }
     trigger.start_drain(Duration::ZERO);
     server.wait().await;
+}
+
+/// GET with extra request headers.
+async fn send_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    Reply {
+        status: head.split(' ').nth(1).unwrap().parse().unwrap(),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// Parses an OpenMetrics exposition with `prometheus_client`'s strict parser (in the venv of
+/// `make setup`, named by `TEST_PYTHON`); one line per sample: `type family name{labels} value`.
+fn parse_openmetrics(exposition: &str) -> String {
+    use std::io::Write;
+    let help = "run `make setup`, then `TEST_PYTHON=$PWD/.venv/bin/python cargo nextest run -p \
+                ztunnel --test admin` (or `make test-only`, which exports TEST_PYTHON)";
+    let python =
+        std::env::var_os("TEST_PYTHON").unwrap_or_else(|| panic!("TEST_PYTHON is not set; {help}"));
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+        \x20       print(f'{f.type} {f.name} {s.name}{{{labels}}} {float(s.value)}')\n";
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python:?} does not run ({e}); {help}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser rejected the exposition: {}\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test]

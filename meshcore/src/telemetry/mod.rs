@@ -8,10 +8,12 @@
 //!   Prometheus text exposition format for the `/metrics` endpoint.
 
 mod logging;
+mod openmetrics;
 mod prometheus;
 
 pub use logging::{
     LOG_LEVELS, LogError, LogFormat, LogHandle, build_tracing, init_tracing, validate_level_spec,
     validate_startup_filter,
 };
+pub use openmetrics::{ExpositionFormat, to_openmetrics};
 pub use prometheus::{MetricsError, Prometheus};

@@ -3,6 +3,8 @@
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 
+use super::openmetrics::{ExpositionFormat, to_openmetrics};
+
 /// Why the recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -24,7 +26,7 @@ pub struct Prometheus {
 
 impl Prometheus {
     /// `Content-Type` of [`render`](Self::render)'s output.
-    pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4";
+    pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
 
     /// Installs a recorder with default settings as the global `metrics` recorder.
     /// See [`install_with`](Self::install_with).
@@ -65,6 +67,14 @@ impl Prometheus {
     pub fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
+    }
+
+    /// The exposition in `format` (see [`ExpositionFormat::negotiate`]).
+    pub fn render_as(&self, format: ExpositionFormat) -> String {
+        match format {
+            ExpositionFormat::Prometheus => self.render(),
+            ExpositionFormat::OpenMetrics => to_openmetrics(&self.render()),
+        }
     }
 
     /// The underlying exporter handle.

@@ -50,7 +50,13 @@ pub async fn start_admin(state: AdminState, watch: DrainWatch) -> Result<Server,
     let state = Arc::new(state);
     Ok(serve("admin", listeners, watch, move |req| {
         let state = state.clone();
-        async move { handle(&state, &req) }
+        async move {
+            let path = req.uri().path();
+            if path == "/debug/pprof" || path.starts_with("/debug/pprof/") {
+                return super::pprof::handle(path, req.method(), req.uri().query()).await;
+            }
+            handle(&state, &req)
+        }
     }))
 }
 
@@ -62,6 +68,7 @@ const INDEX: &str = "<!DOCTYPE html>
 <li>/logging: show or change log levels (POST; <code>?level=debug</code>,
 <code>?level=hbone=trace,access=info</code>, <code>?reset</code>)</li>
 <li>/quitquitquit: drain and exit (POST)</li>
+<li>/debug/pprof/profile: CPU profile in pprof format (GET; <code>?seconds=10&amp;frequency=100</code>)</li>
 <li>:15020/metrics, :15020/stats/prometheus: Prometheus metrics</li>
 <li>:15021/healthz/ready: readiness</li>
 </ul>
@@ -92,10 +99,6 @@ fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             );
             text(StatusCode::OK, "shutdown now\n")
         }),
-        p if p == "/debug/pprof" || p.starts_with("/debug/pprof/") => text(
-            StatusCode::NOT_IMPLEMENTED,
-            "profiling is not available in this build\n",
-        ),
         _ => not_found(),
     }
 }

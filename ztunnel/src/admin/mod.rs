@@ -1,7 +1,7 @@
 //! ztunnel's three local HTTP/1.1 servers:
 //!
 //! * **admin** ([`start_admin`], default `localhost:15000`): `/` index, `/config_dump`,
-//!   `/logging`, `/quitquitquit`; `/debug/pprof/*` answers 501 (no profiler in this build);
+//!   `/logging`, `/quitquitquit`, `/debug/pprof/profile` (CPU profiles, [`pprof`]);
 //! * **stats** ([`start_stats`], default `[::]:15020`): `/metrics` and `/stats/prometheus`;
 //! * **readiness** ([`start_readiness`], default `[::]:15021`): `GET /healthz/ready`, driven by
 //!   the [`Readiness`] registry.
@@ -11,6 +11,7 @@
 //! once, open connections are shut down gracefully and closed at the drain deadline.
 
 mod api;
+mod pprof;
 mod readiness;
 mod stats;
 

@@ -1,8 +1,9 @@
-//! The Prometheus server (`:15020/metrics`, `:15020/stats/prometheus`).
+//! The Prometheus server (`:15020/metrics`, `:15020/stats/prometheus`): Prometheus text, or
+//! OpenMetrics text when the scrape's `Accept` asks for it.
 
 use http::{Method, StatusCode, header};
 use meshcore::drain::DrainWatch;
-use meshcore::telemetry::Prometheus;
+use meshcore::telemetry::{ExpositionFormat, Prometheus};
 
 use super::{AdminError, Server, bind, method_not_allowed, not_found, serve, text};
 use crate::config::ListenAddress;
@@ -32,10 +33,15 @@ pub async fn start_stats(
             if req.method() != Method::GET {
                 return method_not_allowed("GET");
             }
-            let mut resp = text(StatusCode::OK, prometheus.render());
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let format = ExpositionFormat::negotiate(accept);
+            let mut resp = text(StatusCode::OK, prometheus.render_as(format));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                http::HeaderValue::from_static(Prometheus::CONTENT_TYPE),
+                http::HeaderValue::from_static(format.content_type()),
             );
             resp
         }
