@@ -33,5 +33,5 @@ mod testutil;
 pub use authz::{AuthzDecision, AuthzOutcome, ConnectionInfo, DryRunMatch, authorize};
 pub use local::{LocalConfig, LocalConfigError};
 pub use model::{ConversionError, Policy, Service, Workload};
-pub use resolve::{Decision, DestinationInfo, GatewayTarget, resolve_outbound};
+pub use resolve::{Decision, DestinationInfo, GatewayTarget, resolve_outbound, resolved};
 pub use store::{Endpoint, Generation, MeshState, MeshView, StateOptions};

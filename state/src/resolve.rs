@@ -287,6 +287,25 @@ fn upstream<R: Rng + ?Sized>(
         };
     };
 
+    connect_to(&wl, sans, ip, port, dest)
+}
+
+/// The decision for a [`Decision::NeedsDns`] once the hostname resolved to `ip`: as for a
+/// workload with that address (HBONE to `<ip>:15008` expecting the workload's and the service's
+/// identities, or plain TCP to `<ip>:<port>`).
+pub fn resolved(ip: IpAddr, port: u16, dest: DestinationInfo) -> Option<Decision> {
+    let wl = dest.workload.clone()?;
+    let sans = dest.service.iter().flat_map(|s| s.sans()).collect();
+    Some(connect_to(&wl, sans, ip, port, dest))
+}
+
+fn connect_to(
+    wl: &Workload,
+    sans: Vec<Identity>,
+    ip: IpAddr,
+    port: u16,
+    dest: DestinationInfo,
+) -> Decision {
     let target = SocketAddr::new(ip, port);
     match wl.protocol {
         TunnelProtocol::Hbone => {

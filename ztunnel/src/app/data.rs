@@ -115,14 +115,12 @@ struct DnsSettings {
 
 impl DnsSettings {
     fn from_config(config: &Config) -> Self {
-        let upstreams = if config.dns_proxy {
-            crate::dns::resolv_conf_nameservers(crate::dns::RESOLV_CONF).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "no upstream resolvers: names outside the mesh will not resolve");
+        // Read even without DNS capture: on-demand DNS of hostname upstreams uses them too.
+        let upstreams = crate::dns::resolv_conf_nameservers(crate::dns::RESOLV_CONF)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no upstream resolvers: names outside the mesh will not resolve, nor upstreams known only by hostname");
                 Vec::new()
-            })
-        } else {
-            Vec::new()
-        };
+            });
         DnsSettings {
             enabled: config.dns_proxy,
             bind: config.dns_proxy_addr.candidates(),
@@ -210,6 +208,11 @@ pub fn start(
     settings.pool.tls.revocations = revocations.clone();
     settings.server.tls.revocations = revocations;
     let dns = DnsSettings::from_config(config);
+    settings.resolver = Arc::new(crate::dns::OnDemandResolver::new(
+        dns.upstreams.clone(),
+        config.ipv6_enabled,
+        ForwardSettings::default(),
+    ));
     match config.proxy_mode {
         ProxyMode::Dedicated => {
             let info = config

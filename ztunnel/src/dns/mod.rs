@@ -20,6 +20,7 @@
 pub mod decide;
 pub mod forward;
 pub mod metrics;
+pub mod ondemand;
 pub mod resolv;
 pub mod response;
 
@@ -41,6 +42,7 @@ use crate::socket::SocketFactory;
 pub use decide::{Answer, Decision, SearchContext, decide};
 pub use forward::{ForwardError, ForwardSettings};
 pub use metrics::{DnsMetrics, SourceLabels, Transport};
+pub use ondemand::{OnDemandError, OnDemandResolver};
 pub use resolv::{RESOLV_CONF, resolv_conf_nameservers};
 
 /// The DNS proxy port.

@@ -32,8 +32,8 @@ pub enum ProxyError {
     NoHealthyUpstream { service: String, port: u16 },
     #[error("waypoint or gateway {0} could not be resolved")]
     UnknownWaypoint(String),
-    #[error("upstream {hostname} has no address and on-demand DNS is not supported")]
-    DnsUnsupported { hostname: String },
+    #[error("upstream {hostname} is known only by hostname and did not resolve: {reason}")]
+    OnDemandDns { hostname: String, reason: String },
     #[error("authorization denied: {reason}")]
     Denied { reason: String },
     #[error("connection closed after an authorization policy change: {reason}")]

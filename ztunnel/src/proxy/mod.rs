@@ -38,6 +38,8 @@ pub mod telemetry;
 pub mod tracker;
 
 #[cfg(test)]
+mod ondemand_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -155,6 +157,8 @@ pub struct ProxySettings {
     pub pool: hbone::ClientSettings,
     /// The HBONE server on 15008.
     pub server: hbone::ServerSettings,
+    /// On-demand DNS of upstreams known only by hostname (node-wide cache).
+    pub resolver: Arc<crate::dns::OnDemandResolver>,
 }
 
 impl Default for ProxySettings {
@@ -174,6 +178,11 @@ impl Default for ProxySettings {
             workload_wait: Duration::from_secs(5),
             pool: hbone::ClientSettings::default(),
             server: hbone::ServerSettings::default(),
+            resolver: Arc::new(crate::dns::OnDemandResolver::new(
+                Vec::new(),
+                true,
+                crate::dns::ForwardSettings::default(),
+            )),
         }
     }
 }

@@ -68,9 +68,10 @@ pub enum OutboundFailure {
     UnknownWaypoint {
         waypoint: String,
     },
-    /// The upstream has only a hostname (on-demand DNS is not implemented).
-    NeedsDns {
+    /// The upstream is known only by hostname, and on-demand DNS gave no address.
+    Dns {
         hostname: String,
+        reason: String,
     },
 }
 
@@ -82,7 +83,9 @@ impl From<OutboundFailure> for ProxyError {
                 ProxyError::NoHealthyUpstream { service, port }
             }
             OutboundFailure::UnknownWaypoint { waypoint } => ProxyError::UnknownWaypoint(waypoint),
-            OutboundFailure::NeedsDns { hostname } => ProxyError::DnsUnsupported { hostname },
+            OutboundFailure::Dns { hostname, reason } => {
+                ProxyError::OnDemandDns { hostname, reason }
+            }
         }
     }
 }
@@ -195,9 +198,13 @@ pub fn plan_outbound(
                 forwarded_host,
             }
         }
+        // `handle_to` resolves these first; one still here did not resolve.
         Decision::NeedsDns { hostname, dest, .. } => {
             describe(&mut ctx, &dest);
-            OutboundRoute::Fail(OutboundFailure::NeedsDns { hostname })
+            OutboundRoute::Fail(OutboundFailure::Dns {
+                hostname,
+                reason: "not resolved".into(),
+            })
         }
         Decision::Hbone {
             target,
@@ -296,7 +303,19 @@ pub(crate) async fn handle_to(
         state::resolve_outbound(&view, &source, dst, &mut rand::rng())
     };
     debug!(%dst, ?decision, "outbound decision");
-    let OutboundPlan { route, ctx: conn } = plan_outbound(decision, &source, client, dst);
+    let (decision, dns_error) = resolve_hostname(&ctx, &source, decision, dst).await;
+    let OutboundPlan {
+        mut route,
+        ctx: conn,
+    } = plan_outbound(decision, &source, client, dst);
+    if let (Some(reason), OutboundRoute::Fail(OutboundFailure::Dns { hostname, .. })) =
+        (dns_error, &route)
+    {
+        route = OutboundRoute::Fail(OutboundFailure::Dns {
+            hostname: hostname.clone(),
+            reason,
+        });
+    }
     if let OutboundRoute::Fail(f @ OutboundFailure::Refused { .. }) = route {
         ctx.failed(Direction::Outbound, client, Some(dst), &f.into());
         return;
@@ -309,6 +328,51 @@ pub(crate) async fn handle_to(
         e = close_requested(&mut reg) => Err(e),
     };
     ctx.closed(&conn, started, &counts, &result);
+}
+
+/// Turns a [`Decision::NeedsDns`] into the decision for the resolved address (on-demand DNS,
+/// counted in `istio_on_demand_dns_total`); other decisions pass through. On failure the
+/// decision stays and the reason is returned.
+async fn resolve_hostname(
+    ctx: &ProxyCtx,
+    source: &Workload,
+    decision: Decision,
+    dst: SocketAddr,
+) -> (Decision, Option<String>) {
+    let Decision::NeedsDns {
+        hostname,
+        port,
+        dest,
+    } = decision
+    else {
+        return (decision, None);
+    };
+    ctx.telemetry.on_demand_dns(source, &hostname);
+    let resolved = ctx
+        .settings
+        .resolver
+        .resolve(ctx.connector.sockets.as_ref(), &hostname)
+        .await;
+    let error = match resolved {
+        Ok(ips) => match crate::dns::ondemand::pick(&ips, dst.ip())
+            .and_then(|ip| state::resolved(ip, port, dest.clone()))
+        {
+            Some(decision) => {
+                debug!(%hostname, ?decision, "on-demand DNS resolved the upstream");
+                return (decision, None);
+            }
+            None => "no usable address".to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    (
+        Decision::NeedsDns {
+            hostname,
+            port,
+            dest,
+        },
+        Some(error),
+    )
 }
 
 async fn proxy(

@@ -26,6 +26,7 @@ pub const TCP_FAILED: &str = "istio_tcp_connections_failed_total";
 pub const TCP_RECEIVED_BYTES: &str = "istio_tcp_received_bytes_total";
 pub const TCP_SENT_BYTES: &str = "istio_tcp_sent_bytes_total";
 pub const TCP_SOCKETS_OPEN: &str = "istio_tcp_sockets_open";
+pub const ON_DEMAND_DNS: &str = "istio_on_demand_dns_total";
 
 /// The tracing target of access logs.
 pub const ACCESS_TARGET: &str = "access";
@@ -267,6 +268,10 @@ pub trait TelemetrySink: Send + Sync + 'static {
     fn closed(&self, ctx: &ConnectionContext, outcome: &Outcome);
     /// A connection was rejected before it could be classified.
     fn failed(&self, failure: &EarlyFailure);
+    /// `source` connects to an upstream known only by `hostname`, which is looked up now.
+    fn on_demand_dns(&self, source: &Workload, hostname: &str) {
+        let _ = (source, hostname);
+    }
 }
 
 /// Istio's metrics (through the `metrics` crate's global recorder) plus the access log.
@@ -293,6 +298,10 @@ impl DefaultTelemetry {
         metrics::describe_gauge!(
             TCP_SOCKETS_OPEN,
             "The current number of open TCP sockets (unstable)"
+        );
+        metrics::describe_counter!(
+            ON_DEMAND_DNS,
+            "The total number of requests that used on-demand DNS (unstable)"
         );
     }
 }
@@ -327,6 +336,33 @@ impl TelemetrySink for DefaultTelemetry {
     fn failed(&self, failure: &EarlyFailure) {
         log_failed(failure);
     }
+
+    fn on_demand_dns(&self, source: &Workload, hostname: &str) {
+        metrics::counter!(
+            ON_DEMAND_DNS,
+            to_metric_labels(on_demand_dns_labels(source, hostname))
+        )
+        .increment(1);
+    }
+}
+
+/// The labels of `istio_on_demand_dns_total`, in Istio's order.
+pub fn on_demand_dns_labels(source: &Workload, hostname: &str) -> Vec<(&'static str, String)> {
+    let src = PeerInfo::from(source);
+    vec![
+        ("source_workload", or_unknown(&src.workload_name)),
+        ("source_canonical_service", or_unknown(&src.canonical_name)),
+        (
+            "source_canonical_revision",
+            or_unknown(&src.canonical_revision),
+        ),
+        ("source_workload_namespace", or_unknown(&src.namespace)),
+        ("source_principal", source.identity.to_string()),
+        ("source_app", or_unknown(&src.canonical_name)),
+        ("source_version", or_unknown(&src.canonical_revision)),
+        ("source_cluster", or_unknown(&src.cluster_id)),
+        ("hostname", hostname.to_string()),
+    ]
 }
 
 fn or_unknown(v: &str) -> String {

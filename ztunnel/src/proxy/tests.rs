@@ -566,7 +566,7 @@ impl hbone::CertificateSource for NoCerts {
     }
 }
 
-fn test_ctx(state: Arc<MeshState>, name: &str, sa: &str) -> super::ProxyCtx {
+pub(super) fn test_ctx(state: Arc<MeshState>, name: &str, sa: &str) -> super::ProxyCtx {
     let settings = super::ProxySettings::default();
     let connector = super::io::Connector {
         sockets: Arc::new(crate::socket::HostSocketFactory::default()),
