@@ -447,7 +447,6 @@ async fn stats_endpoint() {
     // OpenMetrics parser (the Python reference client's).
     metrics::histogram!("istio_dns_upstream_request_duration_seconds", "request_query_type" => "A")
         .record(0.002);
-    metrics::gauge!("tokio_num_workers").set(2.0);
     let accept = "application/openmetrics-text;version=1.0.0;q=0.5,\
                   text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
     let om = send_with(addr, "/metrics", &[("Accept", accept)]).await;
@@ -466,13 +465,29 @@ async fn stats_endpoint() {
     for want in [
         "counter istio_xds_message istio_xds_message_total{url=type.googleapis.com/istio.workload.Address} 2.0",
         "gauge istio_build istio_build{component=ztunnel,tag=1.28.0} 1.0",
-        "gauge tokio_num_workers tokio_num_workers{} 2.0",
+        // This test's runtime has one thread.
+        "gauge tokio_num_workers tokio_num_workers{} 1.0",
         "histogram istio_dns_upstream_request_duration_seconds istio_dns_upstream_request_duration_seconds_bucket{le=0.01,request_query_type=A} 1.0",
         "histogram istio_dns_upstream_request_duration_seconds istio_dns_upstream_request_duration_seconds_count{request_query_type=A} 1.0",
     ] {
         assert!(
             families.lines().any(|l| l == want),
             "{want}\nnot in:\n{families}"
+        );
+    }
+    // Sampled at each scrape: the runtime's workers and the process's descriptors.
+    for prefix in [
+        "counter tokio_worker_total_busy_duration_seconds tokio_worker_total_busy_duration_seconds_total{worker=0} ",
+        "counter tokio_worker_park_count tokio_worker_park_count_total{worker=0} ",
+        "counter tokio_worker_park_unpark_count tokio_worker_park_unpark_count_total{worker=0} ",
+        "gauge tokio_global_queue_depth tokio_global_queue_depth{} ",
+        "gauge tokio_num_alive_tasks tokio_num_alive_tasks{} ",
+        "gauge process_open_fds process_open_fds{} ",
+        "gauge process_max_fds process_max_fds{} ",
+    ] {
+        assert!(
+            families.lines().any(|l| l.starts_with(prefix)),
+            "{prefix}\nnot in:\n{families}"
         );
     }
     trigger.start_drain(Duration::ZERO);

@@ -3,8 +3,6 @@
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 
-use super::openmetrics::{ExpositionFormat, to_openmetrics};
-
 /// Why the recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -67,14 +65,6 @@ impl Prometheus {
     pub fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
-    }
-
-    /// The exposition in `format` (see [`ExpositionFormat::negotiate`]).
-    pub fn render_as(&self, format: ExpositionFormat) -> String {
-        match format {
-            ExpositionFormat::Prometheus => self.render(),
-            ExpositionFormat::OpenMetrics => to_openmetrics(&self.render()),
-        }
     }
 
     /// The underlying exporter handle.

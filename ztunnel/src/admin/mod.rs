@@ -13,6 +13,7 @@
 mod api;
 mod pprof;
 mod readiness;
+mod runtime_metrics;
 mod stats;
 
 use std::convert::Infallible;

@@ -3,7 +3,7 @@
 
 use http::{Method, StatusCode, header};
 use meshcore::drain::DrainWatch;
-use meshcore::telemetry::{ExpositionFormat, Prometheus};
+use meshcore::telemetry::{ExpositionFormat, Prometheus, to_openmetrics};
 
 use super::{AdminError, Server, bind, method_not_allowed, not_found, serve, text};
 use crate::config::ListenAddress;
@@ -38,7 +38,14 @@ pub async fn start_stats(
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
             let format = ExpositionFormat::negotiate(accept);
-            let mut resp = text(StatusCode::OK, prometheus.render_as(format));
+            let mut body = prometheus.render();
+            body.push_str(&super::runtime_metrics::render(
+                &tokio::runtime::Handle::current().metrics(),
+            ));
+            if format == ExpositionFormat::OpenMetrics {
+                body = to_openmetrics(&body);
+            }
+            let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static(format.content_type()),
