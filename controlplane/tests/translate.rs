@@ -17,6 +17,9 @@ mod pods;
 #[path = "translate/services.rs"]
 mod services;
 
+#[path = "translate/service_entries.rs"]
+mod service_entries;
+
 #[path = "translate/authz.rs"]
 mod authz;
 

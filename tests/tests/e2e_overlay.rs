@@ -277,6 +277,88 @@ fn s12_opt_out_and_back_by_label(backend: Backend) {
     assert!(wire.only_hbone(), "{wire}");
 }
 
+/// A ServiceEntry (S36, ztunnel's part): an external service by name, with a `STATIC`
+/// endpoint (here a non-mesh pod standing in for a host outside the cluster). The DNS proxy
+/// answers the host with the VIP the control plane allocated, ztunnel captures the VIP and
+/// connects to the endpoint, and reports the entry's host as the destination service.
+/// (The lab's pods resolve names from `/etc/hosts`, so the DNS answer is asked for directly.)
+#[test]
+fn service_entry_static_endpoint() {
+    let lab = start("se", Backend::Nftables);
+    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
+        .unwrap();
+    lab.apply_yaml(&format!(
+        "{}---\n{}---\n{}",
+        namespace("outside", &[]),
+        app("default", "sleep", "curlimages/curl", "node0", None),
+        app(
+            "outside",
+            "httpbin",
+            "docker.io/kennethreitz/httpbin",
+            "node1",
+            Some((8000, 80))
+        ),
+    ))
+    .unwrap();
+    let ip = wait_until("the outside httpbin has an IP", 20, || {
+        pod_info(&lab, "outside", "httpbin").ip.ok_or("no IP yet")
+    });
+    lab.apply_yaml(&format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: payments, namespace: default}}
+spec:
+  hosts: [payments.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  endpoints:
+  - address: {ip}
+"
+    ))
+    .unwrap();
+    // The pod asks "the cluster's DNS" (10.96.0.10, where nothing listens): the query is
+    // captured and ztunnel's DNS proxy answers with the allocated VIP (240.240.0.0/16).
+    let vip = wait_until(
+        "ztunnel answers the entry's host",
+        20,
+        || match dns_query_a(
+            &pod_netns(&lab, "default", "sleep"),
+            "10.96.0.10:53".parse().unwrap(),
+            "payments.example.com",
+        ) {
+            Ok(a) if !a.is_empty() => Ok(a[0]),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(vip.octets()[..2], [240, 240], "{vip}");
+    let resolve = format!("payments.example.com:80:{vip}");
+    let c = wait_until("sleep → payments.example.com (ServiceEntry)", 20, || {
+        let c = curl(
+            &lab,
+            "sleep",
+            "default",
+            "http://payments.example.com/get",
+            &["--resolve", &resolve],
+        );
+        if c.ok() { Ok(c) } else { Err(c) }
+    });
+    assert!(
+        c.body.contains("\"Host\": \"payments.example.com\""),
+        "{c:?}"
+    );
+    let through_entry = ztunnel_metric(
+        &lab,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", "payments.example.com"),
+        ],
+    );
+    assert!(through_entry >= 1.0, "{through_entry}");
+}
+
 both_backends!(
     s01_enrollment,
     s02_mtls_with_identities,

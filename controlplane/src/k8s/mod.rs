@@ -7,7 +7,8 @@
 //!
 //! - Core kinds (`v1` Namespace, ServiceAccount, Service, Pod) use the `k8s-openapi` types.
 //! - Istio security kinds (`security.istio.io/v1` and `v1beta1` AuthorizationPolicy and
-//!   PeerAuthentication) use the serde structs of [`istio`].
+//!   PeerAuthentication) use the serde structs of [`istio`]; `networking.istio.io`
+//!   ServiceEntry those of [`networking`].
 //! - Any other kind is skipped with an `info` log line and counted in [`LoadReport::ignored`].
 //! - An object that fails to parse is reported as a [`LoadError`] (file, document index, kind,
 //!   name, reason) and the rest of the input still loads.
@@ -20,6 +21,7 @@
 
 pub mod istio;
 mod load;
+pub mod networking;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +33,7 @@ use serde::de::DeserializeOwned;
 
 pub use istio::{AuthorizationPolicy, PeerAuthentication};
 pub use load::{LoadDirError, load_dir};
+pub use networking::ServiceEntry;
 
 /// Namespace used for namespaced objects that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -76,6 +79,7 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     /// `security.istio.io/{v1,v1beta1}/PeerAuthentication`.
     PeerAuthentication(PeerAuthentication),
+    ServiceEntry(ServiceEntry),
 }
 
 /// Why an object (or a whole file) could not be read.
@@ -172,6 +176,7 @@ pub struct Cluster {
     pub authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
     /// PeerAuthentications.
     pub peer_authentications: BTreeMap<ObjectKey, PeerAuthentication>,
+    pub service_entries: BTreeMap<ObjectKey, ServiceEntry>,
 }
 
 impl Cluster {
@@ -203,6 +208,10 @@ impl Cluster {
                 .is_some(),
             Object::PeerAuthentication(o) => self
                 .peer_authentications
+                .insert(key_of(&o.metadata), o)
+                .is_some(),
+            Object::ServiceEntry(o) => self
+                .service_entries
                 .insert(key_of(&o.metadata), o)
                 .is_some(),
         }
@@ -268,6 +277,12 @@ impl Object {
             ("security.istio.io/v1" | "security.istio.io/v1beta1", "PeerAuthentication") => {
                 Known::PeerAuthentication
             }
+            (
+                "networking.istio.io/v1"
+                | "networking.istio.io/v1beta1"
+                | "networking.istio.io/v1alpha3",
+                "ServiceEntry",
+            ) => Known::ServiceEntry,
             _ => return Ok(Parsed::Ignored(gvk)),
         };
         normalize_metadata(&mut value, known == Known::Namespace)?;
@@ -278,6 +293,7 @@ impl Object {
             Known::Pod => Object::Pod(typed(value, &gvk)?),
             Known::AuthorizationPolicy => Object::AuthorizationPolicy(typed(value, &gvk)?),
             Known::PeerAuthentication => Object::PeerAuthentication(typed(value, &gvk)?),
+            Known::ServiceEntry => Object::ServiceEntry(typed(value, &gvk)?),
         };
         Ok(Parsed::Object(obj))
     }
@@ -292,6 +308,7 @@ enum Known {
     Pod,
     AuthorizationPolicy,
     PeerAuthentication,
+    ServiceEntry,
 }
 
 /// Checks the name and fills in the default namespace before the typed parse.

@@ -8,7 +8,8 @@
 //! - Service → `istio.workload.Service` ([`service`]), resource name `<ns>/<hostname>`;
 //! - AuthorizationPolicy → `istio.security.Authorization` ([`authz`]), name `<ns>/<name>`;
 //! - PeerAuthentication → the static STRICT policy, port-level conversions and the
-//!   per-workload policy keys ([`peer_auth`]).
+//!   per-workload policy keys ([`peer_auth`]);
+//! - ServiceEntry → one Service per host and one Workload per endpoint ([`service_entry`]).
 //!
 //! The translation is a pure function of its inputs: no I/O, no clock, deterministic output.
 //! Whatever istiod would report in an object's status (unsupported action, HTTP attributes
@@ -20,12 +21,13 @@
 //! `protocol` = `TCP`, `clusterIPs` from `clusterIP`, and `ipFamilies` from the cluster IPs.
 //!
 //! Not modelled yet: waypoints (`istio.io/use-waypoint` is ignored, `waypoint` stays unset),
-//! Nodes (so `locality` stays unset), ServiceEntry/WorkloadEntry/EndpointSlice workloads,
-//! multi-network gateways.
+//! Nodes (so `locality` stays unset), WorkloadEntry/EndpointSlice workloads, ServiceEntries
+//! selecting pods (`workloadSelector`), multi-network gateways.
 
 pub mod authz;
 pub mod peer_auth;
 pub mod service;
+pub mod service_entry;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -88,6 +90,9 @@ pub enum Finding {
     /// The object is not sent.
     #[error("not sent: {0}")]
     Skipped(#[from] TranslateError),
+    /// The object is sent without the part named.
+    #[error("partly sent: {0}")]
+    Partial(TranslateError),
     /// AUDIT/CUSTOM policies are not sent (istiod: "ztunnel does not support the X action").
     #[error("ztunnel does not support the {0} action; the policy is not sent")]
     UnsupportedAction(&'static str),
@@ -119,6 +124,17 @@ pub enum TranslateError {
     /// `spec.clusterIP(s)` holds something that is not an IP address.
     #[error("cluster IP {0:?} is not an IP address")]
     InvalidClusterIp(String),
+    /// A ServiceEntry address that is neither an IP nor a CIDR.
+    #[error("address {0:?} is neither an IP address nor a CIDR; the address is left out")]
+    InvalidAddress(String),
+    /// A `STATIC` ServiceEntry endpoint whose address is not an IP.
+    #[error(
+        "endpoint address {0:?} is not an IP address, which resolution STATIC needs (use resolution DNS for host names); the endpoint is left out"
+    )]
+    InvalidEndpointAddress(String),
+    /// A field the translation does not model.
+    #[error("not modelled: {0}")]
+    Unsupported(String),
 }
 
 /// Translates the cluster; diagnostics are logged.
@@ -179,6 +195,25 @@ pub fn translate_with_diagnostics(
                 finding: e.into(),
             }),
         }
+    }
+
+    let (services, workloads) =
+        service_entry::convert_all(&ctx, &policies, &peer_auths, &mut diags);
+    for s in services {
+        snapshot.addresses.insert(
+            format!("{}/{}", s.namespace, s.hostname),
+            Address {
+                r#type: Some(address::Type::Service(s)),
+            },
+        );
+    }
+    for w in workloads {
+        snapshot.addresses.insert(
+            w.uid.clone(),
+            Address {
+                r#type: Some(address::Type::Workload(w)),
+            },
+        );
     }
 
     for p in policies.values() {
