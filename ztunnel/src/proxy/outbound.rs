@@ -308,13 +308,10 @@ pub(crate) async fn handle_to(
         mut route,
         ctx: conn,
     } = plan_outbound(decision, &source, client, dst);
-    if let (Some(reason), OutboundRoute::Fail(OutboundFailure::Dns { hostname, .. })) =
-        (dns_error, &route)
+    if let (Some(error), OutboundRoute::Fail(OutboundFailure::Dns { reason, .. })) =
+        (dns_error, &mut route)
     {
-        route = OutboundRoute::Fail(OutboundFailure::Dns {
-            hostname: hostname.clone(),
-            reason,
-        });
+        *reason = error;
     }
     if let OutboundRoute::Fail(f @ OutboundFailure::Refused { .. }) = route {
         ctx.failed(Direction::Outbound, client, Some(dst), &f.into());

@@ -232,3 +232,45 @@ fn response_flags_from_hbone_errors() {
         assert_eq!(ResponseFlag::from_hbone(&e), flag, "{e}");
     }
 }
+
+#[test]
+fn on_demand_dns_labels_are_istios() {
+    let state = state::MeshState::default();
+    state::local::load(
+        &state,
+        r#"
+workloads:
+- uid: Kubernetes//Pod/shop/ui-0
+  name: ui-0
+  namespace: shop
+  serviceAccount: ui
+  trustDomain: cluster.local
+  workloadIps: ["10.1.0.1"]
+  workloadName: ui
+  canonicalName: ui
+  clusterId: Kubernetes
+  services: {}
+"#,
+    )
+    .unwrap();
+    let w = state
+        .read()
+        .workload_by_uid("Kubernetes//Pod/shop/ui-0")
+        .unwrap();
+    let labels = on_demand_dns_labels(&w, "db.example.com");
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(
+        labels,
+        [
+            ("source_workload", "ui"),
+            ("source_canonical_service", "ui"),
+            ("source_canonical_revision", "unknown"),
+            ("source_workload_namespace", "shop"),
+            ("source_principal", "spiffe://cluster.local/ns/shop/sa/ui"),
+            ("source_app", "ui"),
+            ("source_version", "unknown"),
+            ("source_cluster", "Kubernetes"),
+            ("hostname", "db.example.com"),
+        ]
+    );
+}
