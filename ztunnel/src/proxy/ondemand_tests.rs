@@ -68,20 +68,12 @@ impl TelemetrySink for Seen {
     }
 }
 
-/// `ui-0` in `shop`, and two services on port 80 whose only endpoints have hostnames:
+/// The shared test mesh (with `ui-0` in `shop`), plus two services on port 80 whose only endpoints have hostnames:
 /// `ext` (10.96.0.50, resolvable) and `gone` (10.96.0.51, NXDOMAIN), both to `app_port`.
 fn mesh(app_port: u16) -> Arc<MeshState> {
     let yaml = format!(
         r#"
 workloads:
-- uid: Kubernetes//Pod/shop/ui-0
-  name: ui-0
-  namespace: shop
-  serviceAccount: ui
-  trustDomain: cluster.local
-  workloadIps: ["10.1.0.1"]
-  protocol: HBONE
-  services: {{}}
 - uid: cluster1/networking.istio.io/ServiceEntry/shop/ext/echo.example.test
   name: ext
   namespace: shop
@@ -114,6 +106,7 @@ services:
 "#
     );
     let state = MeshState::default();
+    state::local::load(&state, super::tests::MESH).expect("the shared test mesh");
     state::local::load(&state, &yaml).expect("valid local config");
     Arc::new(state)
 }

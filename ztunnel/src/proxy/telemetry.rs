@@ -348,7 +348,13 @@ impl TelemetrySink for DefaultTelemetry {
 
 /// The labels of `istio_on_demand_dns_total`, in Istio's order.
 pub fn on_demand_dns_labels(source: &Workload, hostname: &str) -> Vec<(&'static str, String)> {
-    let src = PeerInfo::from(source);
+    let mut labels = source_labels(&PeerInfo::from(source), source.identity.to_string());
+    labels.push(("hostname", hostname.to_string()));
+    labels
+}
+
+/// The `source_*` labels shared by the traffic and on-demand DNS metrics, in Istio's order.
+fn source_labels(src: &PeerInfo, principal: String) -> Vec<(&'static str, String)> {
     vec![
         ("source_workload", or_unknown(&src.workload_name)),
         ("source_canonical_service", or_unknown(&src.canonical_name)),
@@ -357,11 +363,10 @@ pub fn on_demand_dns_labels(source: &Workload, hostname: &str) -> Vec<(&'static 
             or_unknown(&src.canonical_revision),
         ),
         ("source_workload_namespace", or_unknown(&src.namespace)),
-        ("source_principal", source.identity.to_string()),
+        ("source_principal", principal),
         ("source_app", or_unknown(&src.canonical_name)),
         ("source_version", or_unknown(&src.canonical_revision)),
         ("source_cluster", or_unknown(&src.cluster_id)),
-        ("hostname", hostname.to_string()),
     ]
 }
 
@@ -385,19 +390,9 @@ pub fn traffic_labels(ctx: &ConnectionContext, flag: ResponseFlag) -> Vec<(&'sta
     };
     let svc = ctx.destination_service.as_ref();
     let svc_field = |f: fn(&ServiceInfo) -> &str| or_unknown(svc.map_or("", f));
-    let mut labels = vec![
-        ("reporter", ctx.direction.reporter().to_string()),
-        ("source_workload", or_unknown(&src.workload_name)),
-        ("source_canonical_service", or_unknown(&src.canonical_name)),
-        (
-            "source_canonical_revision",
-            or_unknown(&src.canonical_revision),
-        ),
-        ("source_workload_namespace", or_unknown(&src.namespace)),
-        ("source_principal", principal(&ctx.source_identity)),
-        ("source_app", or_unknown(&src.canonical_name)),
-        ("source_version", or_unknown(&src.canonical_revision)),
-        ("source_cluster", or_unknown(&src.cluster_id)),
+    let mut labels = vec![("reporter", ctx.direction.reporter().to_string())];
+    labels.extend(source_labels(src, principal(&ctx.source_identity)));
+    labels.extend([
         ("destination_service", svc_field(|s| &s.hostname)),
         ("destination_service_namespace", svc_field(|s| &s.namespace)),
         ("destination_service_name", svc_field(|s| &s.name)),
@@ -424,7 +419,7 @@ pub fn traffic_labels(ctx: &ConnectionContext, flag: ResponseFlag) -> Vec<(&'sta
             "connection_security_policy",
             ctx.security.as_str().to_string(),
         ),
-    ];
+    ]);
     if src.has_locality() || dst.has_locality() {
         labels.extend([
             ("source_region", or_unknown(&src.region)),

@@ -12,7 +12,8 @@ use super::outbound::{OutboundFailure, OutboundRoute, connect_request, plan_outb
 use super::plaintext::decide_plaintext;
 use super::{ProxyError, SecurityPolicy};
 
-const MESH: &str = r#"
+/// The mesh of these tests (and of the telemetry and on-demand DNS tests).
+pub(super) const MESH: &str = r#"
 workloads:
 - uid: Kubernetes//Pod/shop/ui-0
   name: ui-0

@@ -236,23 +236,7 @@ fn response_flags_from_hbone_errors() {
 #[test]
 fn on_demand_dns_labels_are_istios() {
     let state = state::MeshState::default();
-    state::local::load(
-        &state,
-        r#"
-workloads:
-- uid: Kubernetes//Pod/shop/ui-0
-  name: ui-0
-  namespace: shop
-  serviceAccount: ui
-  trustDomain: cluster.local
-  workloadIps: ["10.1.0.1"]
-  workloadName: ui
-  canonicalName: ui
-  clusterId: Kubernetes
-  services: {}
-"#,
-    )
-    .unwrap();
+    state::local::load(&state, crate::proxy::tests::MESH).unwrap();
     let w = state
         .read()
         .workload_by_uid("Kubernetes//Pod/shop/ui-0")
@@ -264,11 +248,11 @@ workloads:
         [
             ("source_workload", "ui"),
             ("source_canonical_service", "ui"),
-            ("source_canonical_revision", "unknown"),
+            ("source_canonical_revision", "v1"),
             ("source_workload_namespace", "shop"),
             ("source_principal", "spiffe://cluster.local/ns/shop/sa/ui"),
             ("source_app", "ui"),
-            ("source_version", "unknown"),
+            ("source_version", "v1"),
             ("source_cluster", "Kubernetes"),
             ("hostname", "db.example.com"),
         ]
