@@ -34,7 +34,17 @@ impl Reply {
 }
 
 async fn send(addr: SocketAddr, method: &str, target: &str) -> Reply {
-    let (status, head, body) = send_raw(addr, method, target).await;
+    send_with(addr, method, target, &[]).await
+}
+
+/// A request with extra headers; the body as text.
+async fn send_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let (status, head, body) = send_raw(addr, method, target, headers).await;
     Reply {
         status,
         head,
@@ -43,11 +53,20 @@ async fn send(addr: SocketAddr, method: &str, target: &str) -> Reply {
 }
 
 /// Status, head and the body as bytes.
-async fn send_raw(addr: SocketAddr, method: &str, target: &str) -> (u16, String, Vec<u8>) {
+async fn send_raw(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n"
     );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
     stream.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
@@ -170,7 +189,13 @@ async fn cpu_profile_in_pprof_format() {
 
     let addr = a.addr;
     let first = tokio::spawn(async move {
-        send_raw(addr, "GET", "/debug/pprof/profile?seconds=2&frequency=250").await
+        send_raw(
+            addr,
+            "GET",
+            "/debug/pprof/profile?seconds=2&frequency=250",
+            &[],
+        )
+        .await
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = send(a.addr, "GET", "/debug/pprof/profile?seconds=1").await;
@@ -239,7 +264,13 @@ async fn cpu_profile_in_pprof_format() {
     );
 
     // The profiler is free again.
-    let again = send_raw(a.addr, "GET", "/debug/pprof/profile?seconds=1&frequency=10").await;
+    let again = send_raw(
+        a.addr,
+        "GET",
+        "/debug/pprof/profile?seconds=1&frequency=10",
+        &[],
+    )
+    .await;
     assert_eq!(again.0, 200);
     a.trigger.start_drain(Duration::ZERO);
     a.server.wait().await;
@@ -449,7 +480,7 @@ async fn stats_endpoint() {
         .record(0.002);
     let accept = "application/openmetrics-text;version=1.0.0;q=0.5,\
                   text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
-    let om = send_with(addr, "/metrics", &[("Accept", accept)]).await;
+    let om = send_with(addr, "GET", "/metrics", &[("Accept", accept)]).await;
     assert_eq!(om.status, 200);
     assert_eq!(
         om.header("content-type"),
@@ -492,26 +523,6 @@ async fn stats_endpoint() {
     }
     trigger.start_drain(Duration::ZERO);
     server.wait().await;
-}
-
-/// GET with extra request headers.
-async fn send_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    Reply {
-        status: head.split(' ').nth(1).unwrap().parse().unwrap(),
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
 }
 
 /// Parses an OpenMetrics exposition with `prometheus_client`'s strict parser (in the venv of

@@ -96,7 +96,7 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
 }
 
 /// The declared families; without them (no API server defaulting), the families of the VIPs.
-fn ip_families(declared: Option<&[String]>, ips: &[IpAddr]) -> IpFamilies {
+pub(crate) fn ip_families(declared: Option<&[String]>, ips: &[IpAddr]) -> IpFamilies {
     match declared {
         Some([_, _]) => IpFamilies::Dual,
         Some([f]) if f == "IPv4" => IpFamilies::Ipv4Only,

@@ -26,8 +26,8 @@ use proto::istio::workload::{
 
 use super::authz::SentPolicy;
 use super::peer_auth::PeerAuthIndex;
-use super::service::ip_bytes;
-use super::workload::canonical_service;
+use super::service::{ip_bytes, ip_families};
+use super::workload::{canonical_service, policy_keys, trust_domain};
 use super::{Context, Diagnostic, Finding, TranslateError};
 use crate::k8s::ObjectKey;
 use crate::k8s::networking::{Resolution, ServiceEntry, WorkloadEntrySpec};
@@ -124,8 +124,7 @@ fn service(
     ctx: &Context<'_>,
 ) -> wl::Service {
     let spec = &se.spec;
-    let v4 = addresses.iter().any(|(ip, _)| ip.is_ipv4());
-    let v6 = addresses.iter().any(|(ip, _)| ip.is_ipv6());
+    let ips: Vec<IpAddr> = addresses.iter().map(|(ip, _)| *ip).collect();
     wl::Service {
         name: key.name.clone(),
         namespace: key.namespace.clone(),
@@ -152,12 +151,7 @@ fn service(
             mode: load_balancing::Mode::Passthrough as i32,
             ..Default::default()
         }),
-        ip_families: match (v4, v6) {
-            (true, true) => wl::IpFamilies::Dual,
-            (false, true) => wl::IpFamilies::Ipv6Only,
-            (true, false) => wl::IpFamilies::Ipv4Only,
-            (false, false) => wl::IpFamilies::Automatic,
-        } as i32,
+        ip_families: ip_families(None, &ips) as i32,
         ..Default::default()
     }
 }
@@ -177,19 +171,7 @@ fn workload(
     let opts = ctx.options;
     let ns = &key.namespace;
     let (canonical_name, canonical_revision) = canonical_service(&entry.labels, &key.name);
-    let mut authorization_policies: Vec<String> = policies
-        .values()
-        .filter(|p| {
-            let pns = &p.authorization.namespace;
-            (pns == ns || *pns == opts.root_namespace)
-                && p.selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(&entry.labels))
-        })
-        .map(SentPolicy::key)
-        .collect();
-    authorization_policies.sort();
-    authorization_policies.extend(peer_auths.keys_for_workload(ns, &entry.labels));
+    let authorization_policies = policy_keys(ns, &entry.labels, opts, policies, peer_auths);
     let services = se
         .spec
         .hosts
@@ -231,11 +213,7 @@ fn workload(
             entry.network.clone()
         },
         tunnel_protocol: TunnelProtocol::None as i32,
-        trust_domain: if opts.trust_domain == "cluster.local" {
-            String::new()
-        } else {
-            opts.trust_domain.clone()
-        },
+        trust_domain: trust_domain(opts),
         service_account: if entry.service_account.is_empty() {
             "default".to_owned()
         } else {
@@ -293,11 +271,13 @@ impl Allocator {
             .values()
             .flat_map(|se| se.spec.addresses.iter().cloned())
             .chain(services.values().flat_map(|s| {
-                let spec = s.spec.clone().unwrap_or_default();
-                spec.cluster_ips
-                    .unwrap_or_default()
-                    .into_iter()
-                    .chain(spec.cluster_ip)
+                s.spec.iter().flat_map(|spec| {
+                    spec.cluster_ips
+                        .iter()
+                        .flatten()
+                        .chain(spec.cluster_ip.iter())
+                        .cloned()
+                })
             }));
         let taken = explicit
             .filter_map(|a| a.parse::<Ipv4Addr>().ok())

@@ -91,17 +91,7 @@ pub(crate) fn convert(
         .any(|c| c.type_ == "Ready" && c.status == "True");
     let healthy = ready && meta.deletion_timestamp.is_none();
 
-    let mut authorization_policies: Vec<String> = policies
-        .values()
-        .filter(|p| {
-            let ns = &p.authorization.namespace;
-            (*ns == namespace || *ns == opts.root_namespace)
-                && p.selector.as_ref().is_some_and(|s| s.matches(labels))
-        })
-        .map(SentPolicy::key)
-        .collect();
-    authorization_policies.sort();
-    authorization_policies.extend(peer_auths.keys_for_workload(&namespace, labels));
+    let authorization_policies = policy_keys(&namespace, labels, opts, policies, peer_auths);
 
     let workload_name = workload_name(pod);
     let (canonical_name, canonical_revision) = canonical_service(labels, &workload_name);
@@ -113,11 +103,7 @@ pub(crate) fn convert(
         addresses,
         network: ctx.network.clone(),
         tunnel_protocol: TunnelProtocol::None as i32,
-        trust_domain: if opts.trust_domain == "cluster.local" {
-            String::new()
-        } else {
-            opts.trust_domain.clone()
-        },
+        trust_domain: trust_domain(opts),
         service_account: service_account(&spec),
         node: spec.node_name.clone().unwrap_or_default(),
         canonical_name,
@@ -141,6 +127,39 @@ pub(crate) fn convert(
     };
     set_tunnel_protocol(labels, meta.annotations.as_ref(), &mut w);
     Ok(Some(w))
+}
+
+/// `authorization_policies` of a workload in `namespace` with `labels`: the selector policies of
+/// its namespace and of the root namespace that select it (sorted), then its PeerAuthentication
+/// keys.
+pub(crate) fn policy_keys(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    opts: &super::TranslateOptions,
+    policies: &BTreeMap<ObjectKey, SentPolicy>,
+    peer_auths: &PeerAuthIndex<'_>,
+) -> Vec<String> {
+    let mut keys: Vec<String> = policies
+        .values()
+        .filter(|p| {
+            let ns = &p.authorization.namespace;
+            (ns == namespace || *ns == opts.root_namespace)
+                && p.selector.as_ref().is_some_and(|s| s.matches(labels))
+        })
+        .map(SentPolicy::key)
+        .collect();
+    keys.sort();
+    keys.extend(peer_auths.keys_for_workload(namespace, labels));
+    keys
+}
+
+/// `Workload.trust_domain`: empty for the default `cluster.local`.
+pub(crate) fn trust_domain(opts: &super::TranslateOptions) -> String {
+    if opts.trust_domain == "cluster.local" {
+        String::new()
+    } else {
+        opts.trust_domain.clone()
+    }
 }
 
 fn service_account(spec: &k8s_openapi::api::core::v1::PodSpec) -> String {

@@ -113,9 +113,11 @@ async fn profile(req: ProfileRequest) -> Response<Body> {
         drop(guard);
         report.pprof().map(|p| p.encode_to_vec())
     })
-    .await;
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     match encoded {
-        Ok(Ok(body)) => {
+        Ok(body) => {
             let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -127,10 +129,6 @@ async fn profile(req: ProfileRequest) -> Response<Body> {
             );
             resp
         }
-        Ok(Err(e)) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the CPU profile could not be built: {e}\n"),
-        ),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the CPU profile could not be built: {e}\n"),

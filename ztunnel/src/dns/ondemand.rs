@@ -87,14 +87,15 @@ impl OnDemandResolver {
         let name = Name::from_ascii(format!("{key}."))
             .map_err(|_| OnDemandError::BadName(hostname.to_string()))?;
         let v4 = self.query(sockets, &name, RecordType::A);
-        let (v4, v6) = if self.ipv6 {
-            tokio::join!(v4, self.query(sockets, &name, RecordType::AAAA))
+        let results = if self.ipv6 {
+            let (v4, v6) = tokio::join!(v4, self.query(sockets, &name, RecordType::AAAA));
+            vec![v4, v6]
         } else {
-            (v4.await, Err(OnDemandError::NoAddress))
+            vec![v4.await]
         };
         let (mut ips, mut ttl) = (Vec::new(), MAX_TTL);
         let mut first_error = None;
-        for result in [v4, v6] {
+        for result in results {
             match result {
                 Ok((found, found_ttl)) => {
                     ips.extend(found);
@@ -106,11 +107,7 @@ impl OnDemandResolver {
             }
         }
         if ips.is_empty() {
-            return Err(match first_error {
-                Some(e @ (OnDemandError::Forward(_) | OnDemandError::Rcode(_))) => e,
-                Some(OnDemandError::Malformed(m)) => OnDemandError::Malformed(m),
-                _ => OnDemandError::NoAddress,
-            });
+            return Err(first_error.unwrap_or(OnDemandError::NoAddress));
         }
         let now = Instant::now();
         let mut cache = self.cache.lock();
