@@ -113,6 +113,7 @@ impl Lab {
         }
         topology::binary(&cfg.bin_dir, "controlplane", "controlplane")?;
         topology::binary(&cfg.bin_dir, "ztunnel", "ztunnel")?;
+        topology::binary(&cfg.bin_dir, "meshlab", "meshlab")?;
         let layout = Layout::new(&cfg.state_dir);
         topology::check_free(&layout)?;
         for d in [
@@ -160,6 +161,7 @@ impl Lab {
             pods::write_conflist(layout, node, st.backend, st.ambient_cni)?;
         }
         topology::start_controlplane(layout, st)?;
+        topology::start_cluster_dns(layout, st)?;
         for node in &nodes {
             topology::start_node_components(layout, st, node)?;
         }
@@ -269,7 +271,7 @@ impl Lab {
             .try_for_each(|o| self.apply_one(&cluster, &mut st, o));
         save(&self.layout, &st)?;
         result?;
-        services::sync(&cluster, &st)
+        services::sync(&self.layout, &cluster, &st)
     }
 
     fn apply_one(&self, cluster: &Cluster, st: &mut LabState, o: &Object) -> Result<()> {
@@ -439,7 +441,7 @@ impl Lab {
         }
         save(&self.layout, &st)?;
         result?;
-        services::sync(&cluster, &st)
+        services::sync(&self.layout, &cluster, &st)
     }
 
     /// Sets (`k=v`) or removes (`k-`) a label on an object (`namespace`/`ns`, `pod`, `service`...).
@@ -471,7 +473,7 @@ impl Lab {
             .ok_or_else(|| LabError::Invalid(format!("{kind} {ns}/{name} not found")))?;
         objects::edit_label(&mut v, edit)?;
         cluster.put(&v)?;
-        services::sync(&cluster, &st)
+        services::sync(&self.layout, &cluster, &st)
     }
 
     fn resolve_pod(&self, st: &LabState, ns: &str, name: &str) -> Result<state::PodState> {

@@ -40,6 +40,7 @@
 pub mod apps;
 pub mod chart;
 pub mod curl;
+pub mod dns;
 pub mod error;
 pub mod guard;
 pub mod manifests;

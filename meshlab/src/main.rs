@@ -121,6 +121,16 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// The cluster DNS (started by `up`; see meshlab::dns).
+    #[command(hide = true)]
+    ClusterDns {
+        /// Address to serve on (UDP and TCP).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The zone file the lab keeps up to date.
+        #[arg(long)]
+        zone: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +156,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| meshlab::DEFAULT_STATE_DIR.into());
     match cli.command {
+        Cmd::ClusterDns { listen, zone } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(meshlab::dns::serve(listen, &zone))
+                .map_err(|e| anyhow::anyhow!("cluster DNS on {listen}: {e}"))?;
+        }
         Cmd::App { name, port } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)

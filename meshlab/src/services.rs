@@ -8,7 +8,8 @@
 //!   and leaves connections captured by ztunnel untouched (a nat hook stops after the first
 //!   mapping), exactly like kube-proxy running after the in-pod rules.
 //! * Names: `/etc/netns/<pod netns>/hosts` lists every Service (`svc` only in its own namespace,
-//!   `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`) and `resolv.conf` the search path;
+//!   `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`) and `resolv.conf` the search path and
+//!   the cluster DNS ([`crate::dns`], ClusterIP `10.96.0.10`, DNATed here like any Service);
 //!   `ip netns exec` bind-mounts both over `/etc`.
 
 use std::collections::BTreeMap;
@@ -17,9 +18,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use crate::dns;
 use crate::error::{LabError, Result};
 use crate::objects::{self, Cluster};
-use crate::state::{LabState, PodState};
+use crate::state::{LabState, Layout, PodState};
 use crate::sys;
 
 /// The nftables table the lab owns in each pod netns.
@@ -51,6 +53,8 @@ pub struct ServiceView {
     pub cluster_ip: Option<String>,
     /// Ports with their endpoints.
     pub ports: Vec<VipPort>,
+    /// IPs of the ready pods the selector picks (what a headless Service's name resolves to).
+    pub ready_ips: Vec<String>,
 }
 
 /// Picks a free ClusterIP.
@@ -129,6 +133,7 @@ pub fn views(cluster: &Cluster) -> Vec<ServiceView> {
                 name: objects::name(svc).to_string(),
                 cluster_ip,
                 ports,
+                ready_ips: members.iter().map(|(_, ip)| ip.clone()).collect(),
             }
         })
         .collect()
@@ -143,6 +148,15 @@ pub fn nft_script(services: &[ServiceView]) -> String {
         String::from("\tchain output {\n\t\ttype nat hook output priority -90; policy accept;\n");
     let mut filter =
         String::from("\tchain novip {\n\t\ttype filter hook output priority 0; policy accept;\n");
+    // The cluster DNS's ClusterIP, like kube-proxy does for kube-dns.
+    for proto in ["udp", "tcp"] {
+        let _ = writeln!(
+            nat,
+            "\t\tip daddr {} {proto} dport 53 dnat to {}:53",
+            dns::KUBE_DNS_VIP,
+            crate::topology::CP_IP
+        );
+    }
     let mut n = 0;
     for p in services.iter().flat_map(|s| &s.ports) {
         let proto = if p.protocol == "udp" { "udp" } else { "tcp" };
@@ -220,7 +234,10 @@ pub fn hosts_file(
 
 /// `/etc/netns/<netns>/resolv.conf` content.
 pub fn resolv_conf(pod_ns: &str) -> String {
-    format!("search {pod_ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n")
+    format!(
+        "nameserver {}\nsearch {pod_ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+        dns::KUBE_DNS_VIP
+    )
 }
 
 /// Directory whose files `ip netns exec` mounts over /etc.
@@ -242,9 +259,10 @@ pub fn write_pod_files(pod: &PodState, services: &[ServiceView]) -> Result<()> {
     )
 }
 
-/// Re-syncs every pod's Service rules and name files.
-pub fn sync(cluster: &Cluster, st: &LabState) -> Result<()> {
+/// Re-syncs every pod's Service rules and name files, and the cluster DNS's zone.
+pub fn sync(layout: &Layout, cluster: &Cluster, st: &LabState) -> Result<()> {
     let services = views(cluster);
+    dns::write_zone(layout, &dns::zone(&services, st.pods.values()))?;
     let script = nft_script(&services);
     for pod in st.pods.values() {
         if pod.ip.is_none() {
@@ -274,6 +292,7 @@ mod tests {
                 port: 8000,
                 endpoints: vec![("10.244.0.2".into(), 80), ("10.244.1.2".into(), 80)],
             }],
+            ready_ips: vec!["10.244.0.2".into(), "10.244.1.2".into()],
         }
     }
 
@@ -289,6 +308,10 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("dnat to 10.244.1.2:80"), "{s}");
+        for proto in ["udp", "tcp"] {
+            let kube_dns = format!("ip daddr 10.96.0.10 {proto} dport 53 dnat to 10.99.0.1:53");
+            assert!(s.contains(&kube_dns), "{s}");
+        }
         let mut empty = svc();
         empty.ports[0].endpoints.clear();
         assert!(
@@ -304,9 +327,8 @@ mod tests {
         let h = hosts_file("legacy", "sleep-1", None, &[svc()]);
         assert!(h.contains("10.96.1.1\thttpbin.default "), "{h}");
         assert!(!h.contains("\thttpbin "), "{h}");
-        assert!(
-            resolv_conf("legacy")
-                .starts_with("search legacy.svc.cluster.local svc.cluster.local cluster.local")
-        );
+        assert!(resolv_conf("legacy").starts_with(
+            "nameserver 10.96.0.10\nsearch legacy.svc.cluster.local svc.cluster.local cluster.local"
+        ));
     }
 }

@@ -1,7 +1,8 @@
 //! The lab's network and its long-running components.
 //!
 //! ```text
-//! root netns: mlbr0 10.99.0.1/24 ── controlplane (xDS + CA on 10.99.0.1:15012)
+//! root netns: mlbr0 10.99.0.1/24 ── controlplane (xDS + CA on 10.99.0.1:15012),
+//!                                    cluster DNS (10.99.0.1:53, see crate::dns)
 //!   │ veth ml-node<i> ⇄ eth0 in netns ml-node<i> (10.99.0.(10+i)/24)
 //!   │   ml-node<i>: cni0 10.244.<i>.1/24 (made by the bridge CNI plugin), ztunnel, cni-agent,
 //!   │               routes to every other node's 10.244.<j>.0/24 via 10.99.0.(10+j)
@@ -228,6 +229,15 @@ pub fn create_node(
     }
     run(sys::in_netns(ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
     crate::wire::install(ns)?;
+    // What the node's processes (ztunnel: DNS forwarding, on-demand resolution) resolve with.
+    let etc = crate::services::etc_dir(ns);
+    st.etc_netns.push(etc.clone());
+    save(layout, st)?;
+    mkdir(&etc)?;
+    sys::write_in_place(
+        &etc.join("resolv.conf"),
+        format!("nameserver {CP_IP}\nsearch {}\n", crate::dns::DOMAIN).as_bytes(),
+    )?;
     // The root netns reaches pods through their node (routes vanish with the bridge).
     ip(&[
         "route",
@@ -301,6 +311,32 @@ pub fn start_controlplane(layout: &Layout, st: &mut LabState) -> Result<()> {
         &log,
         Some(&rec),
         || root.exists() && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+    )
+}
+
+/// Starts the cluster DNS on `10.99.0.1:53` (see [`crate::dns`]) with an empty zone (the
+/// lab fills it as Services and pods come) and waits until it answers.
+pub fn start_cluster_dns(layout: &Layout, st: &mut LabState) -> Result<()> {
+    let bin = binary(&st.bin_dir, "meshlab", "meshlab")?;
+    let zone = crate::dns::zone_path(layout);
+    crate::dns::write_zone(layout, &crate::dns::Zone::new())?;
+    let listen = format!("{CP_IP}:53");
+    let mut cmd = Command::new(bin);
+    cmd.args(["cluster-dns", "--listen", &listen, "--zone"])
+        .arg(&zone);
+    let log = layout.log("cluster-dns", None);
+    let rec = sys::spawn_detached("cluster-dns", &cmd, &log, &layout.pids())?;
+    st.processes.insert(rec.name.clone(), rec.clone());
+    save(layout, st)?;
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| LabError::Invalid("bad address".into()))?;
+    wait_for(
+        "the cluster DNS (10.99.0.1:53)",
+        20,
+        &log,
+        Some(&rec),
+        || crate::dns::answers(addr),
     )
 }
 

@@ -281,7 +281,6 @@ fn s12_opt_out_and_back_by_label(backend: Backend) {
 /// endpoint (here a non-mesh pod standing in for a host outside the cluster). The DNS proxy
 /// answers the host with the VIP the control plane allocated, ztunnel captures the VIP and
 /// connects to the endpoint, and reports the entry's host as the destination service.
-/// (The lab's pods resolve names from `/etc/hosts`, so the DNS answer is asked for directly.)
 #[test]
 fn service_entry_static_endpoint() {
     let lab = start("se", Backend::Nftables);
@@ -318,8 +317,9 @@ spec:
 "
     ))
     .unwrap();
-    // The pod asks "the cluster's DNS" (10.96.0.10, where nothing listens): the query is
-    // captured and ztunnel's DNS proxy answers with the allocated VIP (240.240.0.0/16).
+    // The pod asks the cluster's DNS (10.96.0.10, its resolv.conf nameserver): the query is
+    // captured and ztunnel's DNS proxy answers with the allocated VIP (240.240.0.0/16); the
+    // cluster DNS itself knows nothing of the entry.
     let vip = wait_until(
         "ztunnel answers the entry's host",
         20,
@@ -333,14 +333,14 @@ spec:
         },
     );
     assert_eq!(vip.octets()[..2], [240, 240], "{vip}");
-    let resolve = format!("payments.example.com:80:{vip}");
+    // curl resolves the name itself, through the pod's resolv.conf, as an app would.
     let c = wait_until("sleep → payments.example.com (ServiceEntry)", 20, || {
         let c = curl(
             &lab,
             "sleep",
             "default",
             "http://payments.example.com/get",
-            &["--resolve", &resolve],
+            &[],
         );
         if c.ok() { Ok(c) } else { Err(c) }
     });
@@ -357,6 +357,90 @@ spec:
         ],
     );
     assert!(through_entry >= 1.0, "{through_entry}");
+}
+
+/// A ServiceEntry with DNS resolution whose endpoint is a hostname: ztunnel resolves it
+/// through its node's resolver (the lab's cluster DNS) when the connection comes, and maps the
+/// entry's port to the endpoint's. The endpoint here is a Service outside the mesh, reached by
+/// its cluster name. A name only the cluster DNS knows (a pod record) is forwarded by
+/// ztunnel's DNS proxy.
+#[test]
+fn service_entry_dns_resolution() {
+    let lab = start("sedns", Backend::Iptables);
+    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
+        .unwrap();
+    lab.apply_yaml(&format!(
+        "{}---\n{}---\n{}",
+        namespace("outside", &[]),
+        app("default", "sleep", "curlimages/curl", "node0", None),
+        app(
+            "outside",
+            "httpbin",
+            "docker.io/kennethreitz/httpbin",
+            "node1",
+            Some((8000, 80))
+        ),
+    ))
+    .unwrap();
+    lab.apply_yaml(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: orders, namespace: default}
+spec:
+  hosts: [orders.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+  endpoints:
+  - address: httpbin.outside.svc.cluster.local
+    ports: {http: 8000}
+",
+    )
+    .unwrap();
+    let c = wait_until(
+        "sleep → orders.example.com (DNS ServiceEntry)",
+        30,
+        || {
+            let c = curl(
+                &lab,
+                "sleep",
+                "default",
+                "http://orders.example.com/get",
+                &[],
+            );
+            if c.ok() { Ok(c) } else { Err(c) }
+        },
+    );
+    assert!(c.body.contains("\"Host\": \"orders.example.com\""), "{c:?}");
+    let lookups = ztunnel_metric(
+        &lab,
+        "istio_on_demand_dns_total",
+        &[("hostname", "httpbin.outside.svc.cluster.local")],
+    );
+    assert!(lookups >= 1.0, "on-demand lookups: {lookups}");
+    let opened = ztunnel_metric(
+        &lab,
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service", "orders.example.com"),
+        ],
+    );
+    assert!(opened >= 1.0, "{opened}");
+
+    // Forwarding: ztunnel does not know pod records; the cluster DNS does.
+    let ip = pod_info(&lab, "outside", "httpbin").ip.expect("httpbin IP");
+    let record = format!("{}.outside.pod.cluster.local", ip.replace('.', "-"));
+    let answer = dns_query_a(
+        &pod_netns(&lab, "default", "sleep"),
+        "10.96.0.10:53".parse().unwrap(),
+        &record,
+    )
+    .unwrap();
+    assert_eq!(answer, vec![ip.parse::<std::net::Ipv4Addr>().unwrap()]);
+    let forwarded = ztunnel_metric(&lab, "istio_dns_upstream_requests_total", &[]);
+    assert!(forwarded >= 1.0, "forwarded queries: {forwarded}");
 }
 
 both_backends!(
