@@ -4,7 +4,9 @@
 //! Per request: a fresh ECDSA P-256 key, a PKCS#10 CSR with an empty subject and one URI SAN
 //! (the identity), `validity_duration` in seconds, `ImpersonatedIdentity` metadata in shared
 //! (node-agent) mode when the identity is not our own; `authorization: Bearer <token>` (the
-//! token file is re-read on every call), `clusterid` and any extra headers.
+//! token file is re-read on every call), `clusterid` and any extra headers. A root certificate
+//! file is re-read before each request too: a changed root rebuilds the channel, an unusable
+//! one keeps the last good root (or fails the request naming the file when there is none).
 //!
 //! The response is checked before it is used: non-empty chain, leaf SPIFFE id equal to the
 //! requested identity, leaf key equal to ours, and the chain (leaf → intermediates) verifying
@@ -168,7 +170,7 @@ impl CaClientConfig {
 /// A client of Istio's certificate service.
 #[derive(Clone)]
 pub struct CaClient {
-    client: IstioCertificateServiceClient<Channel>,
+    channel: ChannelSource,
     address: String,
     server_name: String,
     token: TokenSource,
@@ -191,7 +193,10 @@ impl fmt::Debug for CaClient {
 
 impl CaClient {
     /// Builds the TLS channel (connected lazily: a CA that is down now is not an error here,
-    /// requests report it). The root certificate is read now.
+    /// requests report it). An inline root is checked now. A root file is read now and again
+    /// before each request: when its content changes (root rotation, a ConfigMap update) the
+    /// channel is rebuilt; while it is missing or unusable, requests fail naming the file, or
+    /// keep using the last good root if there was one.
     pub fn new(config: CaClientConfig) -> Result<Self, CaClientError> {
         let address = normalise_address(&config.address);
         let uri = http_uri(&address)?;
@@ -203,50 +208,27 @@ impl CaClient {
                 reason: "no host".into(),
             })?;
         let server_name = config.server_name.clone().unwrap_or(host);
-        let (root_pem, source_name) = match &config.root_cert {
-            RootCert::Pem(p) => (p.clone(), "<inline PEM>".to_string()),
-            RootCert::File(path) => (
-                std::fs::read_to_string(path).map_err(|e| CaClientError::InvalidRoot {
-                    source_name: path.display().to_string(),
-                    reason: e.to_string(),
-                })?,
-                path.display().to_string(),
-            ),
+        let settings = ChannelSettings {
+            address: address.clone(),
+            server_name: server_name.clone(),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
         };
-        match pem::certs(&root_pem) {
-            Ok(c) if !c.is_empty() => {}
-            Ok(_) => {
-                return Err(CaClientError::InvalidRoot {
-                    source_name,
-                    reason: "no PEM CERTIFICATE block".into(),
-                });
+        let channel = match &config.root_cert {
+            RootCert::Pem(p) => ChannelSource::Fixed(settings.client(p, "<inline PEM>")?),
+            RootCert::File(path) => {
+                let source = RootFileChannel {
+                    path: path.clone(),
+                    settings,
+                    current: std::sync::Mutex::new(None),
+                };
+                if let Err(e) = source.client() {
+                    tracing::warn!(error = %e, "CA root not usable yet; certificate requests \
+                        fail until it is");
+                }
+                ChannelSource::RootFile(std::sync::Arc::new(source))
             }
-            Err(reason) => {
-                return Err(CaClientError::InvalidRoot {
-                    source_name,
-                    reason,
-                });
-            }
-        }
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(root_pem))
-            .domain_name(server_name.clone());
-        let endpoint = Endpoint::from_shared(address.clone())
-            .map_err(|e| CaClientError::InvalidAddress {
-                address: address.clone(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .tcp_keepalive(Some(Duration::from_secs(300)))
-            .tls_config(tls)
-            .map_err(|e| CaClientError::InvalidRoot {
-                source_name,
-                reason: error_chain(&e),
-            })?;
-        let channel = endpoint.connect_lazy();
+        };
         Self::build(channel, address, server_name, config)
     }
 
@@ -255,11 +237,12 @@ impl CaClient {
     pub fn with_channel(channel: Channel, config: CaClientConfig) -> Result<Self, CaClientError> {
         let address = normalise_address(&config.address);
         let server_name = config.server_name.clone().unwrap_or_default();
+        let channel = ChannelSource::Fixed(IstioCertificateServiceClient::new(channel));
         Self::build(channel, address, server_name, config)
     }
 
     fn build(
-        channel: Channel,
+        channel: ChannelSource,
         address: String,
         server_name: String,
         config: CaClientConfig,
@@ -283,7 +266,7 @@ impl CaClient {
             insert(name, value)?;
         }
         Ok(CaClient {
-            client: IstioCertificateServiceClient::new(channel),
+            channel,
             address,
             server_name,
             token: config.token,
@@ -333,8 +316,8 @@ impl CaClient {
             metadata.insert("authorization", value);
         }
         let response = self
-            .client
-            .clone()
+            .channel
+            .client()?
             .create_certificate(request)
             .await
             .map_err(|status| self.classify(status))?
@@ -391,6 +374,108 @@ impl CaClient {
             address: self.address.clone(),
             server_name: self.server_name.clone(),
             reason: err.to_string(),
+        }
+    }
+}
+
+type GrpcClient = IstioCertificateServiceClient<Channel>;
+
+/// Where requests get their gRPC client from.
+#[derive(Clone)]
+enum ChannelSource {
+    /// Built once (an inline root, or a channel given by the caller).
+    Fixed(GrpcClient),
+    /// Built from the root file, and rebuilt when its content changes.
+    RootFile(std::sync::Arc<RootFileChannel>),
+}
+
+impl ChannelSource {
+    fn client(&self) -> Result<GrpcClient, CaClientError> {
+        match self {
+            ChannelSource::Fixed(c) => Ok(c.clone()),
+            ChannelSource::RootFile(f) => f.client(),
+        }
+    }
+}
+
+/// What a channel to the CA is built from, besides the root.
+struct ChannelSettings {
+    address: String,
+    server_name: String,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl ChannelSettings {
+    /// A lazily connected client trusting `root_pem` (checked to hold certificates).
+    fn client(&self, root_pem: &str, source_name: &str) -> Result<GrpcClient, CaClientError> {
+        let invalid = |reason: String| CaClientError::InvalidRoot {
+            source_name: source_name.to_string(),
+            reason,
+        };
+        match pem::certs(root_pem) {
+            Ok(c) if !c.is_empty() => {}
+            Ok(_) => return Err(invalid("no PEM CERTIFICATE block".into())),
+            Err(reason) => return Err(invalid(reason)),
+        }
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(root_pem))
+            .domain_name(self.server_name.clone());
+        let endpoint = Endpoint::from_shared(self.address.clone())
+            .map_err(|e| CaClientError::InvalidAddress {
+                address: self.address.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .timeout(self.request_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .tcp_keepalive(Some(Duration::from_secs(300)))
+            .tls_config(tls)
+            .map_err(|e| invalid(error_chain(&e)))?;
+        Ok(IstioCertificateServiceClient::new(endpoint.connect_lazy()))
+    }
+}
+
+/// A channel following a root certificate file.
+struct RootFileChannel {
+    path: PathBuf,
+    settings: ChannelSettings,
+    /// The root the current client trusts, and the client.
+    current: std::sync::Mutex<Option<(String, GrpcClient)>>,
+}
+
+impl RootFileChannel {
+    /// The client for the file's current root: re-read (a few hundred bytes, once per
+    /// certificate request), rebuilt on change; the last good one when the file is unusable.
+    fn client(&self) -> Result<GrpcClient, CaClientError> {
+        let source_name = self.path.display().to_string();
+        let read = std::fs::read_to_string(&self.path).map_err(|e| CaClientError::InvalidRoot {
+            source_name: source_name.clone(),
+            reason: e.to_string(),
+        });
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = read.and_then(|pem| {
+            if let Some((old, client)) = current.as_ref()
+                && *old == pem
+            {
+                return Ok(client.clone());
+            }
+            let client = self.settings.client(&pem, &source_name)?;
+            if current.is_some() {
+                tracing::info!(root = %source_name, ca = %self.settings.address,
+                    "CA root certificate changed; new connections to the CA trust the new root");
+            }
+            *current = Some((pem, client.clone()));
+            Ok(client)
+        });
+        match (fresh, current.as_ref()) {
+            (Ok(client), _) => Ok(client),
+            (Err(e), Some((_, last))) => {
+                tracing::warn!(error = %e, "keeping the last good CA root");
+                Ok(last.clone())
+            }
+            (Err(e), None) => Err(e),
         }
     }
 }

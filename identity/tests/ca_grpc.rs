@@ -314,8 +314,11 @@ async fn issued_certificates_carry_the_identity_and_complete_an_hbone_tunnel() {
     let ids = manager.identities();
     assert_eq!(ids, vec![id(CART), id(UI)]);
     assert!(
-        manager.snapshot().iter().all(|s| s.chain.len() == 3),
-        "leaf, intermediate, root in the snapshot"
+        manager
+            .snapshot()
+            .iter()
+            .all(|s| s.cert_chain.len() == 2 && s.root_certs.len() == 1),
+        "leaf and intermediate, then the root, in the snapshot"
     );
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -504,12 +507,30 @@ async fn transport_failures_name_the_cause() {
     assert!(matches!(err, CaClientError::Unreachable { .. }), "{err:?}");
     assert!(err.to_string().contains(&port.to_string()), "{err}");
 
-    // A missing root file is reported when the client is built.
+    // A root file is followed: missing, then the wrong root, then the right one, all seen by
+    // the same client (as when the root ConfigMap is mounted late or rotated).
+    let RootCert::Pem(right_root) = istiod.config().root_cert else {
+        panic!("the fake istiod's config has an inline root");
+    };
+    let dir = tempdir("root-file");
+    let root_file = dir.join("root-cert.pem");
     let mut config = istiod.config();
-    config.root_cert = RootCert::File("/nonexistent/root-cert.pem".into());
-    let err = CaClient::new(config).unwrap_err();
+    config.root_cert = RootCert::File(root_file.clone());
+    let client = CaClient::new(config).unwrap();
+    let err = client.fetch(&me).await.unwrap_err();
+    assert!(matches!(err, CaClientError::InvalidRoot { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("/nonexistent/root-cert.pem"),
+        err.to_string().contains(&*root_file.to_string_lossy()),
         "{err}"
     );
+    std::fs::write(&root_file, CaSigner::generate("other").unwrap().root_pem()).unwrap();
+    let err = client.fetch(&me).await.unwrap_err();
+    assert!(matches!(err, CaClientError::Tls { .. }), "{err:?}");
+    std::fs::write(&root_file, &right_root).unwrap();
+    client.fetch(&me).await.unwrap();
+    // A file that turns bad keeps the last good root.
+    std::fs::write(&root_file, "not a certificate").unwrap();
+    client.fetch(&me).await.unwrap();
+    std::fs::remove_file(&root_file).unwrap();
+    client.fetch(&me).await.unwrap();
 }
