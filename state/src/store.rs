@@ -78,6 +78,10 @@ struct Index {
     services_with_cidr: BTreeSet<String>,
     /// Service key → workload uid → port map. Derived from workloads; may name unknown services.
     endpoints: HashMap<String, BTreeMap<String, PortMap>>,
+    /// (namespace, pod name) → uids: the ZDS pod → WDS workload match, per connection.
+    workloads_by_pod: HashMap<(String, String), BTreeSet<String>>,
+    /// Hostname → keys of the services with it (in every namespace).
+    services_by_hostname: HashMap<String, BTreeSet<String>>,
     policies: HashMap<String, Arc<Policy>>,
     namespace_policies: HashMap<String, BTreeSet<String>>,
     global_policies: BTreeSet<String>,
@@ -301,6 +305,10 @@ impl Index {
                 .or_default()
                 .insert(w.uid.clone(), ports.clone());
         }
+        self.workloads_by_pod
+            .entry((w.namespace.clone(), w.name.clone()))
+            .or_default()
+            .insert(w.uid.clone());
         self.workloads.insert(w.uid.clone(), Arc::new(w));
     }
 
@@ -323,6 +331,13 @@ impl Index {
                 if eps.is_empty() {
                     self.endpoints.remove(svc);
                 }
+            }
+        }
+        let pod = (w.namespace.clone(), w.name.clone());
+        if let Some(uids) = self.workloads_by_pod.get_mut(&pod) {
+            uids.remove(uid);
+            if uids.is_empty() {
+                self.workloads_by_pod.remove(&pod);
             }
         }
         true
@@ -348,6 +363,10 @@ impl Index {
         } else {
             self.services_with_cidr.insert(key.clone());
         }
+        self.services_by_hostname
+            .entry(s.hostname.clone())
+            .or_default()
+            .insert(key.clone());
         self.services.insert(key, Arc::new(s));
     }
 
@@ -375,6 +394,12 @@ impl Index {
             self.unindex_vip(vip, key);
         }
         self.services_with_cidr.remove(key);
+        if let Some(keys) = self.services_by_hostname.get_mut(&s.hostname) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.services_by_hostname.remove(&s.hostname);
+            }
+        }
         true
     }
 
@@ -456,15 +481,19 @@ impl MeshView<'_> {
         } else {
             service_account
         };
-        let mut out: Vec<_> = self
+        let Some(uids) = self
             .index
-            .workloads
-            .values()
-            .filter(|w| w.name == name && w.namespace == namespace && w.service_account() == sa)
+            .workloads_by_pod
+            .get(&(namespace.to_string(), name.to_string()))
+        else {
+            return Vec::new();
+        };
+        // Uid order (the set's).
+        uids.iter()
+            .filter_map(|uid| self.index.workloads.get(uid))
+            .filter(|w| w.service_account() == sa)
             .cloned()
-            .collect();
-        out.sort_by(|a, b| a.uid.cmp(&b.uid));
-        out
+            .collect()
     }
 
     /// Workloads in `namespace` whose `hostname` is `hostname` (a waypoint named by hostname
@@ -566,14 +595,16 @@ impl MeshView<'_> {
         hostname: &str,
         client_namespace: &str,
     ) -> Option<Arc<Service>> {
-        let mut candidates: Vec<Arc<Service>> = self
+        // Keys are `<namespace>/<hostname>`: set order is namespace order.
+        let candidates: Vec<Arc<Service>> = self
             .index
-            .services
-            .values()
-            .filter(|s| s.hostname == hostname)
+            .services_by_hostname
+            .get(hostname)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.index.services.get(key))
             .cloned()
             .collect();
-        candidates.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         self.prefer(candidates, client_namespace)
     }
 

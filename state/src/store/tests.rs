@@ -123,6 +123,58 @@ fn workloads_by_pod_name_namespace_and_sa() {
     assert_eq!(v.workloads_by_pod("ui-0", "shop", "default").len(), 1);
 }
 
+/// The pod and hostname indexes follow replacements and removals.
+#[test]
+fn pod_and_hostname_indexes_follow_updates() {
+    let state = MeshState::default();
+    let uid = "Kubernetes//Pod/shop/cart-0";
+    let mut w = pb_workload(uid, "shop", &["10.0.0.1"]);
+    w.service_account = "cart".into();
+    add_wl(&state, w.clone());
+    // Same uid, new pod name: only the new name finds it.
+    w.name = "cart-renamed".into();
+    add_wl(&state, w);
+    {
+        let v = state.read();
+        assert!(v.workloads_by_pod("cart-0", "shop", "cart").is_empty());
+        assert_eq!(v.workloads_by_pod("cart-renamed", "shop", "cart").len(), 1);
+    }
+    assert!(state.remove_address(uid));
+    assert!(
+        state
+            .read()
+            .workloads_by_pod("cart-renamed", "shop", "cart")
+            .is_empty()
+    );
+
+    // One hostname in two namespaces: removing one leaves the other.
+    let shared = "api.example.com";
+    for ns in ["a", "b"] {
+        let mut s = pb_service(ns, "api", &[], &[(80, 80)]);
+        s.hostname = shared.into();
+        add_svc(&state, s);
+    }
+    assert_eq!(
+        state
+            .read()
+            .service_by_hostname(shared, "b")
+            .unwrap()
+            .namespace,
+        "b"
+    );
+    assert!(state.remove_address(&format!("b/{shared}")));
+    assert_eq!(
+        state
+            .read()
+            .service_by_hostname(shared, "b")
+            .unwrap()
+            .namespace,
+        "a"
+    );
+    assert!(state.remove_address(&format!("a/{shared}")));
+    assert!(state.read().service_by_hostname(shared, "b").is_none());
+}
+
 #[test]
 fn vip_tie_break_client_namespace_then_canonical_then_first() {
     let state = MeshState::new(StateOptions::default());
