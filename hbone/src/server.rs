@@ -2,7 +2,10 @@
 //! caller-supplied [`Handler`] together with the verified peer identity.
 //!
 //! * Every handshake asks the [`CertificateSource`] for the server identity's current
-//!   certificate, so rotation needs no restart.
+//!   certificate, so rotation needs no restart. The identity itself can be replaced while
+//!   serving ([`Server::set_identity`]: a workload's identity may only be known later); each
+//!   connection keeps the certificate it negotiated and accepts peers in that certificate's
+//!   trust domain.
 //! * Each stream runs in its own task: a slow or stuck stream never stalls the others, and
 //!   HTTP/2 flow control bounds what each may buffer.
 //! * Requests that are not `CONNECT` get 400, as do unparseable authorities; the handler
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -120,7 +124,7 @@ enum Phase {
     Closing,
 }
 
-/// An HBONE server for one workload identity.
+/// An HBONE server for one workload identity (replaceable with [`Server::set_identity`]).
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
@@ -128,7 +132,7 @@ pub struct Server {
 
 struct Inner {
     settings: ServerSettings,
-    identity: Identity,
+    identity: ArcSwap<Identity>,
     certs: Arc<dyn CertificateSource>,
     handler: Arc<dyn Handler>,
     tls_cache: Mutex<Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>>,
@@ -140,7 +144,7 @@ struct Inner {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("identity", &self.inner.identity)
+            .field("identity", &self.identity())
             .field("active_connections", &self.active_connections())
             .finish()
     }
@@ -167,7 +171,7 @@ impl Server {
         Server {
             inner: Arc::new(Inner {
                 settings,
-                identity,
+                identity: ArcSwap::from_pointee(identity),
                 certs,
                 handler: Arc::new(handler),
                 tls_cache: Mutex::new(None),
@@ -178,8 +182,19 @@ impl Server {
         }
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.inner.identity
+    /// The identity new connections are served with.
+    pub fn identity(&self) -> Identity {
+        self.inner.identity.load_full().as_ref().clone()
+    }
+
+    /// Serves new connections with `identity`'s certificate, accepting clients of its trust
+    /// domain; established connections keep theirs.
+    pub fn set_identity(&self, identity: Identity) {
+        let new = Arc::new(identity);
+        let old = self.inner.identity.swap(new.clone());
+        if old != new {
+            info!(%old, %new, "HBONE server identity changed");
+        }
     }
 
     /// Connections currently open.
@@ -223,23 +238,27 @@ impl Server {
             .await;
     }
 
-    async fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+    /// The TLS configuration of the current identity's certificate, and that certificate.
+    async fn tls_config(
+        &self,
+        identity: &Identity,
+    ) -> Result<(Arc<rustls::ServerConfig>, Arc<WorkloadCertificate>), String> {
         let cert = self
             .inner
             .certs
-            .certificate(&self.inner.identity)
+            .certificate(identity)
             .await
             .map_err(|e| e.to_string())?;
         let mut cache = self.inner.tls_cache.lock();
         if let Some((cached, config)) = cache.as_ref()
             && Arc::ptr_eq(cached, &cert)
         {
-            return Ok(config.clone());
+            return Ok((config.clone(), cert));
         }
         let config =
             tls::server_config(&cert, &self.inner.settings.tls).map_err(|e| e.to_string())?;
-        *cache = Some((cert, config.clone()));
-        Ok(config)
+        *cache = Some((cert.clone(), config.clone()));
+        Ok((config, cert))
     }
 
     async fn connection(&self, tcp: TcpStream, peer_addr: SocketAddr, local_addr: SocketAddr) {
@@ -247,10 +266,11 @@ impl Server {
         // Subscribed before the handshake, so a CRL installed during it is checked below too.
         let revocations = self.inner.settings.tls.revocations.clone();
         let mut crl_changes = revocations.as_ref().map(|r| r.subscribe());
-        let config = match self.tls_config().await {
+        let identity = self.identity();
+        let (config, own_cert) = match self.tls_config(&identity).await {
             Ok(c) => c,
             Err(reason) => {
-                warn!(identity = %self.inner.identity, %reason,
+                warn!(%identity, %reason,
                     "connection failed: no certificate to present; check the CA and the workload's identity");
                 return;
             }
@@ -282,10 +302,9 @@ impl Server {
             warn!("connection failed: peer presented no certificate");
             return;
         };
-        let Some(peer_identity) = tls::peer_identity(
-            session.peer_certificates(),
-            Some(self.inner.identity.trust_domain()),
-        ) else {
+        let Some(peer_identity) =
+            tls::peer_identity(session.peer_certificates(), Some(own_cert.trust_domain()))
+        else {
             // The verifier already insisted on an identity in our trust domain.
             warn!("connection failed: verified peer has no SPIFFE identity");
             return;

@@ -175,6 +175,89 @@ async fn server_refuses_client_from_foreign_trust_domain() {
     assert!(calls.all().is_empty(), "handler must not run");
 }
 
+/// Certificates of several identities (a node proxy's certificate manager in miniature).
+struct Certificates(Vec<Arc<hbone::WorkloadCertificate>>);
+
+impl hbone::CertificateSource for Certificates {
+    fn certificate<'a>(
+        &'a self,
+        identity: &'a hbone::Identity,
+    ) -> hbone::cert::BoxFuture<'a, Result<Arc<hbone::WorkloadCertificate>, hbone::CertError>> {
+        let found = self.0.iter().find(|c| c.identity() == identity).cloned();
+        Box::pin(async move {
+            found.ok_or_else(|| hbone::CertError::Unavailable {
+                identity: identity.clone(),
+                reason: "not held".into(),
+            })
+        })
+    }
+}
+
+/// A server whose identity changes (the workload's trust domain became known) presents the new
+/// certificate to new connections and accepts only clients of the new trust domain; the
+/// established connection keeps its session.
+#[tokio::test]
+async fn server_identity_change_moves_certificate_and_trust_domain() {
+    const SERVER_ORG: &str = "spiffe://example.org/ns/shop/sa/cart";
+    const CLIENT_ORG: &str = "spiffe://example.org/ns/shop/sa/ui";
+    let ca = TestCa::new("root");
+    let certs = Arc::new(Certificates(
+        [SERVER_ID, SERVER_ORG]
+            .iter()
+            .map(|s| Arc::new(ca.issue(s).workload_cert()))
+            .collect(),
+    ));
+    let calls = Arc::new(calls::Calls::default());
+    let recorded = calls.clone();
+    let server = Server::new(
+        ServerSettings::default(),
+        id(SERVER_ID),
+        certs,
+        move |req: InboundRequest| {
+            let recorded = recorded.clone();
+            async move {
+                recorded.record(req.peer_identity.to_string());
+                route(req).await;
+            }
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = server.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    let echo = mesh_testing::echo_server().await;
+    let request = |source: &str, expected: &str| {
+        let mut req = request_to(addr, echo.to_string());
+        req.source = id(source);
+        req.expected = vec![id(expected)];
+        req
+    };
+
+    let local = pool_with(&ca.issue(CLIENT_ID), ClientSettings::default());
+    let tunnel = local.connect(request(CLIENT_ID, SERVER_ID)).await.unwrap();
+    assert_eq!(tunnel.peer_identity, id(SERVER_ID));
+    drop(tunnel);
+
+    server.set_identity(id(SERVER_ORG));
+    assert_eq!(server.identity(), id(SERVER_ORG));
+    // A new connection from the old trust domain: refused by the server.
+    let fresh_local = pool_with(&ca.issue(CLIENT_ID), ClientSettings::default());
+    assert_server_refused(
+        fresh_local.connect(request(CLIENT_ID, SERVER_ORG)).await,
+        "client of the previous trust domain",
+    );
+    // A client of the new trust domain gets the new certificate.
+    let org = pool_with(&ca.issue(CLIENT_ORG), ClientSettings::default());
+    let tunnel = org.connect(request(CLIENT_ORG, SERVER_ORG)).await.unwrap();
+    assert_eq!(tunnel.peer_identity, id(SERVER_ORG));
+    drop(tunnel);
+    // The connection established before the change still carries new streams.
+    let tunnel = local.connect(request(CLIENT_ID, SERVER_ID)).await.unwrap();
+    assert_eq!(tunnel.peer_identity, id(SERVER_ID));
+    assert_eq!(local.stats().dials, 1, "the pooled connection was reused");
+    assert_eq!(calls.all(), vec![CLIENT_ID, CLIENT_ORG, CLIENT_ID]);
+}
+
 #[tokio::test]
 async fn expired_and_not_yet_valid_certificates_are_refused() {
     let now = SystemTime::now();

@@ -5,6 +5,7 @@
 //!   current certificate, or waits for a RealTime fetch; if that fetch fails, the caller gets
 //!   [`CertError::Unavailable`] with the reason (never an endless wait). While an identity is
 //!   in failure backoff without a usable certificate, callers get the last error at once.
+//!   [`CertManager::managed_certificate`] does the same for identities already managed only.
 //! * [`CertManager::prefetch`] queues a Warmup fetch for a workload that appeared on the node;
 //!   [`CertManager::forget`] drops the certificate and cancels its refresh.
 //! * At most [`ManagerConfig::max_in_flight`] CSRs are in flight; queued requests start in
@@ -135,7 +136,11 @@ impl Default for ManagerConfig {
 }
 
 /// State of one identity, as shown in the debug snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serializes as the plain string Istio's ztunnel shows in `/config_dump` (and `istioctl
+/// ztunnel-config certificates` prints): `"Available"`, `"Initializing"` or
+/// `"Unavailable: <reason>"` (the [`Display`](std::fmt::Display) form).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertState {
     /// A valid certificate is held.
     Available,
@@ -145,16 +150,84 @@ pub enum CertState {
     Unavailable(String),
 }
 
+impl std::fmt::Display for CertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertState::Available => f.write_str("Available"),
+            CertState::Initializing => f.write_str("Initializing"),
+            CertState::Unavailable(reason) => write!(f, "Unavailable: {reason}"),
+        }
+    }
+}
+
+impl Serialize for CertState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One certificate of a [`CertSnapshot`], in the shape of Istio's ztunnel `/config_dump`
+/// (`{pem, serialNumber, validFrom, expirationTime}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertInfo {
+    /// The certificate as PEM text. Serialized base64-encoded, as Istio does (so
+    /// `jq -r .pem | base64 -d` gives the PEM back).
+    #[serde(serialize_with = "ser_base64")]
+    pub pem: String,
+    /// The serial number in decimal (`istioctl` parses it in base 10); empty if unreadable.
+    pub serial_number: String,
+    /// `notBefore`, RFC 3339 (`""` if unreadable).
+    #[serde(serialize_with = "ser_time_or_empty")]
+    pub valid_from: Option<SystemTime>,
+    /// `notAfter`, RFC 3339 (`""` if unreadable).
+    #[serde(serialize_with = "ser_time_or_empty")]
+    pub expiration_time: Option<SystemTime>,
+}
+
+impl CertInfo {
+    /// Reads one DER certificate (never fails: unreadable fields stay empty).
+    pub fn from_der(der: &[u8]) -> Self {
+        let parsed = x509_parser::parse_x509_certificate(der).ok().map(|(_, c)| {
+            let validity = c.validity();
+            (
+                c.tbs_certificate.serial.to_string(),
+                unix_time(validity.not_before.timestamp()),
+                unix_time(validity.not_after.timestamp()),
+            )
+        });
+        let (serial_number, valid_from, expiration_time) = match parsed {
+            Some((serial, from, to)) => (serial, Some(from), Some(to)),
+            None => (String::new(), None, None),
+        };
+        CertInfo {
+            pem: pem::encode_cert(der),
+            serial_number,
+            valid_from,
+            expiration_time,
+        }
+    }
+}
+
 /// One identity in [`CertManager::snapshot`] (for `/config_dump`).
+///
+/// Serializes in the shape of Istio's ztunnel (`identity`, `state`, `certChain`, `rootCerts`,
+/// camelCase), which `istioctl ztunnel-config certificates` parses, plus the manager's own
+/// details (`serial`, `refreshAt`, `fetching`, `lastError`, `consecutiveFailures`), which
+/// `istioctl` ignores.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertSnapshot {
+    /// The SPIFFE URI.
     pub identity: String,
     pub state: CertState,
+    /// The held certificate's leaf, then its intermediates (empty when none is held).
+    pub cert_chain: Vec<CertInfo>,
+    /// The trust roots that came with the held certificate.
+    pub root_certs: Vec<CertInfo>,
+    /// Hex serial number of the held leaf: the form [`crate::CaSigner::revocation_list`]
+    /// takes.
     pub serial: Option<String>,
-    #[serde(serialize_with = "ser_time")]
-    pub not_before: Option<SystemTime>,
-    #[serde(serialize_with = "ser_time")]
-    pub not_after: Option<SystemTime>,
     /// Next scheduled refresh or retry.
     #[serde(serialize_with = "ser_time")]
     pub refresh_at: Option<SystemTime>,
@@ -162,8 +235,13 @@ pub struct CertSnapshot {
     pub fetching: Option<Priority>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
-    /// Leaf, intermediates, then roots; PEM each.
-    pub chain: Vec<String>,
+}
+
+impl CertSnapshot {
+    /// `notAfter` of the held leaf.
+    pub fn not_after(&self) -> Option<SystemTime> {
+        self.cert_chain.first().and_then(|c| c.expiration_time)
+    }
 }
 
 /// Certificates for the workload identities on this node. Cheap to clone.
@@ -319,10 +397,34 @@ impl CertManager {
         &self,
         identity: &Identity,
     ) -> Result<Arc<WorkloadCertificate>, CertError> {
+        self.get(identity, true).await
+    }
+
+    /// Like [`CertManager::certificate`], but only for an identity already managed (prefetched
+    /// and not forgotten): an unknown identity is an error instead of a new entry, so a caller
+    /// that outlives its workload cannot bring a forgotten certificate back.
+    pub async fn managed_certificate(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<WorkloadCertificate>, CertError> {
+        self.get(identity, false).await
+    }
+
+    async fn get(
+        &self,
+        identity: &Identity,
+        create: bool,
+    ) -> Result<Arc<WorkloadCertificate>, CertError> {
         loop {
             let mut done = {
                 let mut st = self.inner.state.lock();
                 let now = self.inner.clock.now();
+                if !create && !st.entries.contains_key(identity) {
+                    return Err(CertError::Unavailable {
+                        identity: identity.clone(),
+                        reason: "no local workload uses this identity".into(),
+                    });
+                }
                 let entry = self.inner.entry(&mut st, identity);
                 if let Some(cert) = entry.usable(now) {
                     return Ok(cert.clone());
@@ -416,9 +518,13 @@ impl CertManager {
                 CertSnapshot {
                     identity: id.to_string(),
                     state: e.state(now),
+                    cert_chain: cert
+                        .map(|c| c.chain().iter().map(|d| CertInfo::from_der(d)).collect())
+                        .unwrap_or_default(),
+                    root_certs: cert
+                        .map(|c| c.roots().iter().map(|d| CertInfo::from_der(d)).collect())
+                        .unwrap_or_default(),
                     serial: cert.map(|c| c.serial().to_string()),
-                    not_before: cert.map(|c| c.not_before()),
-                    not_after: cert.map(|c| c.not_after()),
                     refresh_at: e.timer.as_ref().map(|(at, _, _)| *at),
                     fetching: match e.fetch {
                         Fetch::Idle => None,
@@ -428,15 +534,6 @@ impl CertManager {
                     },
                     last_error: e.last_error.clone(),
                     consecutive_failures: e.failures,
-                    chain: cert
-                        .map(|c| {
-                            c.chain()
-                                .iter()
-                                .chain(c.roots())
-                                .map(|d| pem::encode_cert(d))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -722,6 +819,31 @@ fn ser_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok,
     match t {
         Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
         None => s.serialize_none(),
+    }
+}
+
+fn ser_time_or_empty<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::time::rfc3339(*t)),
+        None => s.serialize_str(""),
+    }
+}
+
+fn ser_base64<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine;
+    s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(text))
+}
+
+/// Seconds since the epoch (negative before it) as a `SystemTime`.
+fn unix_time(secs: i64) -> SystemTime {
+    let magnitude = Duration::from_secs(secs.unsigned_abs());
+    if secs >= 0 {
+        std::time::UNIX_EPOCH + magnitude
+    } else {
+        std::time::UNIX_EPOCH - magnitude
     }
 }
 

@@ -1,33 +1,32 @@
 //! Shared (in-pod) mode against a scripted node agent and real network namespaces.
 //!
-//! The agent side is written here from the protocol reference: a Unix `SOCK_SEQPACKET` listener
-//! in a temp dir that reads ztunnel's hello and sends `WorkloadRequest`s carrying real netns fds
-//! (`ip netns add ztest-<random>`). A fake [`PodProxyFactory`] creates a real listener through
-//! the [`InPodSocketFactory`] it is handed, so each test also proves where sockets end up.
+//! The agent side ([`support::zds`]) is written from the protocol reference: a Unix
+//! `SOCK_SEQPACKET` listener in a temp dir that reads ztunnel's hello and sends
+//! `WorkloadRequest`s carrying real netns fds (`ip netns add ztest-<random>`). A fake
+//! [`PodProxyFactory`] creates a real listener through the [`InPodSocketFactory`] it is handed,
+//! so each test also proves where sockets end up. (`netns_pod_proxies.rs` runs the real pod
+//! proxies behind the same agent.)
 //!
 //! Tests that create namespaces are named `netns_*` (nextest runs those one at a time). They
 //! need root and iproute2 and fail loudly without them.
 
+mod support;
+
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use parking_lot::Mutex;
-use prost::Message;
-use proto::istio::workload::zds::{
-    AddWorkload, DelWorkload, KeepWorkload, SnapshotSent, Version, WorkloadInfo, WorkloadRequest,
-    WorkloadResponse, ZdsHello, workload_request::Payload, workload_response,
+use socket2::SockRef;
+use support::zds::{
+    Agent, AgentConn, TempDir, add_msg, add_msg_with, del_msg, keep_msg, snapshot_msg,
 };
-use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use ztunnel::inpod::netns::socket_netns;
@@ -44,22 +43,6 @@ const MARK: u32 = 1337;
 // ------------------------------------------------------------------------------------------
 // Fixtures
 // ------------------------------------------------------------------------------------------
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("ztest-zds-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn run(cmd: &[&str]) -> String {
     let out = Command::new(cmd[0])
@@ -127,137 +110,12 @@ impl Drop for TestNetns {
     }
 }
 
-/// The scripted node agent's listening socket.
-struct Agent {
-    path: PathBuf,
-    listener: Socket,
-}
-
-impl Agent {
-    fn bind(path: &Path) -> Self {
-        let _ = std::fs::remove_file(path);
-        let listener = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None).unwrap();
-        listener.bind(&SockAddr::unix(path).unwrap()).unwrap();
-        listener.listen(5).unwrap();
-        // SO_RCVTIMEO bounds accept() too.
-        listener.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Agent {
-            path: path.to_owned(),
-            listener,
-        }
-    }
-
-    /// Accepts ztunnel's connection and checks its hello.
-    fn accept(&self) -> AgentConn {
-        let (sock, _) = tokio::task::block_in_place(|| retry_eintr(|| self.listener.accept()))
-            .expect("ztunnel did not connect to the agent in time");
-        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let conn = AgentConn(sock);
-        let hello = ZdsHello::decode(conn.recv().as_slice()).expect("hello decodes");
-        assert_eq!(hello.version, Version::V1 as i32);
-        conn
-    }
-
-    /// Closes the socket and removes its file (the agent went away).
-    fn stop(self) -> PathBuf {
-        let _ = std::fs::remove_file(&self.path);
-        self.path
-    }
-}
-
-/// Blocking calls with `SO_RCVTIMEO` are not restarted after a signal: retry them (bounded).
-fn retry_eintr<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
-    let mut tries = 0;
-    loop {
-        match f() {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && tries < 100 => tries += 1,
-            other => return other,
-        }
-    }
-}
-
-struct AgentConn(Socket);
-
 impl AgentConn {
-    fn recv(&self) -> Vec<u8> {
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::task::block_in_place(|| {
-            retry_eintr(|| {
-                nix::sys::socket::recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty())
-                    .map_err(std::io::Error::from)
-            })
-        })
-        .expect("no message from ztunnel in time");
-        buf.truncate(n);
-        buf
-    }
-
-    fn send(&self, bytes: &[u8], fds: &[RawFd]) {
-        let iov = [IoSlice::new(bytes)];
-        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
-            vec![]
-        } else {
-            vec![ControlMessage::ScmRights(fds)]
-        };
-        sendmsg::<()>(self.0.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
-    }
-
-    /// Sends a request and returns the ack's error ("" = ACK).
-    fn request(&self, bytes: &[u8], fds: &[RawFd]) -> String {
-        self.send(bytes, fds);
-        let resp = WorkloadResponse::decode(self.recv().as_slice()).expect("response decodes");
-        match resp.payload {
-            Some(workload_response::Payload::Ack(ack)) => ack.error,
-            None => panic!("response without ack"),
-        }
-    }
-
+    /// Adds pod `pod-<uid>` (namespace `default`, service account `sa`) in `ns`.
     fn add(&self, uid: &str, ns: &TestNetns) -> String {
         let fd = ns.fd();
         self.request(&add_msg(uid), &[fd.as_raw_fd()])
     }
-
-    /// ztunnel dropped the connection.
-    fn expect_closed(&self) {
-        assert!(
-            self.recv().is_empty(),
-            "expected ztunnel to close the connection"
-        );
-    }
-}
-
-fn req(payload: Payload) -> Vec<u8> {
-    WorkloadRequest {
-        payload: Some(payload),
-    }
-    .encode_to_vec()
-}
-
-fn add_msg(uid: &str) -> Vec<u8> {
-    add_msg_with(uid, true)
-}
-
-fn add_msg_with(uid: &str, info: bool) -> Vec<u8> {
-    req(Payload::Add(AddWorkload {
-        uid: uid.into(),
-        workload_info: info.then(|| WorkloadInfo {
-            name: format!("pod-{uid}"),
-            namespace: "default".into(),
-            service_account: "sa".into(),
-        }),
-    }))
-}
-
-fn keep_msg(uid: &str) -> Vec<u8> {
-    req(Payload::Keep(KeepWorkload { uid: uid.into() }))
-}
-
-fn del_msg(uid: &str) -> Vec<u8> {
-    req(Payload::Del(DelWorkload { uid: uid.into() }))
-}
-
-fn snapshot_msg() -> Vec<u8> {
-    req(Payload::SnapshotSent(SnapshotSent {}))
 }
 
 /// What the fake factory saw.

@@ -365,6 +365,30 @@ async fn forget_stops_refreshes_and_releases_waiters() {
     assert_eq!(gated.call_count(), 1);
 }
 
+/// `managed_certificate` serves prefetched identities (waiting for the fetch) but never
+/// creates one: after `forget`, a late caller cannot bring the identity back.
+#[tokio::test(start_paused = true)]
+async fn managed_certificate_never_adds_an_identity() {
+    let script = Script::build(Duration::from_secs(100), Duration::from_secs(1), None);
+    let mgr = manager(&script, ManagerConfig::default());
+    let a = id("a");
+    let err = mgr.managed_certificate(&a).await.unwrap_err();
+    assert!(err.to_string().contains("no local workload"), "{err}");
+    assert!(mgr.identities().is_empty());
+    assert_eq!(script.call_count(), 0);
+
+    mgr.prefetch(&a);
+    let cert = mgr.managed_certificate(&a).await.unwrap();
+    assert_eq!(cert.identity(), &a);
+    assert_eq!(script.call_count(), 1, "joined the prefetch");
+
+    mgr.forget(&a);
+    assert!(mgr.managed_certificate(&a).await.is_err());
+    tokio::time::sleep(Duration::from_secs(500)).await;
+    assert!(mgr.identities().is_empty());
+    assert_eq!(script.call_count(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn rejects_a_certificate_for_another_identity_and_serialises_snapshots() {
     struct Wrong(Arc<Script>);
@@ -388,8 +412,73 @@ async fn rejects_a_certificate_for_another_identity_and_serialises_snapshots() {
     let entry = &json[0];
     assert_eq!(entry["identity"], "spiffe://cluster.local/ns/test/sa/b");
     assert_eq!(entry["state"], "Available");
-    assert!(entry["not_after"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(entry["chain"].as_array().unwrap().len(), 2);
+    let leaf = &entry["certChain"][0];
+    assert!(leaf["expirationTime"].as_str().unwrap().ends_with('Z'));
+    assert!(leaf["validFrom"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(entry["certChain"].as_array().unwrap().len(), 1);
+    assert_eq!(entry["rootCerts"].as_array().unwrap().len(), 1);
+    assert_eq!(entry["serial"], mgr.snapshot()[0].serial.clone().unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn snapshot_certificates_read_like_istios_dump() {
+    use base64::Engine;
+    let script = Script::new(Duration::from_secs(3600));
+    let mgr = manager(&script, ManagerConfig::default());
+    let cert = mgr.certificate(&id("b")).await.unwrap();
+    let snap = &mgr.snapshot()[0];
+    assert_eq!(snap.not_after(), Some(cert.not_after()));
+    let leaf = &snap.cert_chain[0];
+    // Decimal serial of the same number the hex `serial` names.
+    assert_eq!(
+        leaf.serial_number,
+        hex_to_decimal(snap.serial.as_deref().unwrap())
+    );
+    assert_eq!(leaf.valid_from, Some(cert.not_before()));
+    let json = serde_json::to_value(leaf).unwrap();
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(json["pem"].as_str().unwrap())
+        .unwrap();
+    let pem = String::from_utf8(pem).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    assert_eq!(pem, leaf.pem);
+
+    let states = [
+        (CertState::Available, "Available"),
+        (CertState::Initializing, "Initializing"),
+        (
+            CertState::Unavailable("CA down".into()),
+            "Unavailable: CA down",
+        ),
+    ];
+    for (state, want) in states {
+        assert_eq!(serde_json::to_value(&state).unwrap(), want);
+    }
+}
+
+/// Base 16 to base 10 by schoolbook multiplication (little-endian decimal digits).
+fn hex_to_decimal(hex: &str) -> String {
+    let mut digits = vec![0u32];
+    for c in hex.chars() {
+        let mut carry = c.to_digit(16).expect("a hex digit");
+        for d in digits.iter_mut() {
+            let v = *d * 16 + carry;
+            *d = v % 10;
+            carry = v / 10;
+        }
+        while carry > 0 {
+            digits.push(carry % 10);
+            carry /= 10;
+        }
+    }
+    while digits.len() > 1 && digits.last() == Some(&0) {
+        digits.pop();
+    }
+    digits
+        .iter()
+        .rev()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect()
 }
 
 #[test]

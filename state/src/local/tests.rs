@@ -206,7 +206,11 @@ policies:
     assert_eq!(dump["services"][0]["loadBalancer"]["mode"], "Failover");
     assert_eq!(
         dump["policies"][0]["rules"][0][0][0]["principals"][0],
-        "presence"
+        serde_json::json!({"Presence": []})
+    );
+    assert_eq!(
+        dump["policies"][0]["rules"][0][0][0]["namespaces"][0],
+        serde_json::json!({"Prefix": "sh"})
     );
 }
 
@@ -337,6 +341,11 @@ fn tags_parse_every_string_match_kind() {
             StringMatch::Suffix("c".into()),
             StringMatch::Presence,
         ]
+    );
+    // The model serializes with the same names: YAML tags here, single-key maps in JSON.
+    assert_eq!(
+        serde_yaml::to_string(&r.policies[0].rules[0][0][0].principals).unwrap(),
+        "- !Exact a\n- !Prefix b\n- !Suffix c\n- !Presence []\n"
     );
 }
 

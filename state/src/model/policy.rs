@@ -26,13 +26,30 @@ pub enum PolicyAction {
 }
 
 /// A string comparison; `Presence` matches any non-empty value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// Serializes externally tagged, as Istio's ztunnel does (and `istioctl` parses):
+/// `{"Exact": "x"}`, `{"Prefix": "x"}`, `{"Suffix": "x"}`, `{"Presence": []}`; the same
+/// names the `LOCAL_XDS_PATH` YAML tags use (`!Presence []`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
     Presence,
+}
+
+impl Serialize for StringMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTupleVariant;
+        const NAME: &str = "StringMatch";
+        match self {
+            StringMatch::Exact(v) => s.serialize_newtype_variant(NAME, 0, "Exact", v),
+            StringMatch::Prefix(v) => s.serialize_newtype_variant(NAME, 1, "Prefix", v),
+            StringMatch::Suffix(v) => s.serialize_newtype_variant(NAME, 2, "Suffix", v),
+            // A variant with an empty payload, like Istio's `Presence()`: `{"Presence": []}`.
+            StringMatch::Presence => s.serialize_tuple_variant(NAME, 3, "Presence", 0)?.end(),
+        }
+    }
 }
 
 impl StringMatch {

@@ -1,7 +1,8 @@
 //! ztunnel's three local HTTP/1.1 servers:
 //!
-//! * **admin** ([`start_admin`], default `localhost:15000`): `/` index, `/config_dump`,
-//!   `/logging`, `/quitquitquit`, `/debug/pprof/profile` (CPU profiles, [`pprof`]);
+//! * **admin** ([`start_admin`], default `localhost:15000`): `/` index, `/config_dump` (in
+//!   Istio's shape, see [`dump`]), `/logging`, `/quitquitquit`, `/debug/pprof/profile` (CPU
+//!   profiles, [`pprof`]);
 //! * **stats** ([`start_stats`], default `[::]:15020`): `/metrics` and `/stats/prometheus`;
 //! * **readiness** ([`start_readiness`], default `[::]:15021`): `GET /healthz/ready`, driven by
 //!   the [`Readiness`] registry.
@@ -11,6 +12,7 @@
 //! once, open connections are shut down gracefully and closed at the drain deadline.
 
 mod api;
+pub mod dump;
 mod pprof;
 mod readiness;
 mod runtime_metrics;
@@ -34,6 +36,7 @@ use tokio::task::JoinSet;
 use crate::config::ListenAddress;
 
 pub use api::{AdminState, ConfigDumpProvider, start_admin, version_info};
+pub use dump::DumpSources;
 pub use readiness::{Readiness, ReadyTask, start_readiness};
 pub use stats::start_stats;
 

@@ -4,6 +4,12 @@
 //!   namespace.
 //! * Shared (in-pod) mode: one instance per pod the CNI agent hands over through ZDS, with
 //!   every socket created inside that pod's network namespace and marked.
+//!
+//! In both modes an instance presents the identity of its workload's `Workload` (trust domain
+//! from the control plane, `TRUST_DOMAIN` only while the workload is unknown) and holds a lease
+//! on it; a certificate is dropped when its last instance goes (`data/leases.rs`).
+
+mod leases;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +23,13 @@ use crate::config::{Config, ProxyMode};
 use crate::dns::{DnsHandle, DnsInputs, DnsServer, ForwardSettings, SourceLabels};
 use crate::inpod::{
     InPodSocketFactory, ManagerConfig, PodInfo, PodProxyFactory, PodProxyHandle,
-    WorkloadProxyManager,
+    WorkloadProxyManager, WorkloadStateView,
 };
 use crate::proxy::{
     DefaultTelemetry, OrigSrc, Ports, Proxy, ProxyHandle, ProxyInputs, ProxySettings, WorkloadInfo,
 };
 use crate::socket::{HostSocketFactory, Keepalive, SocketFactory, TcpSettings};
+use leases::{IdentityLeases, ProxyIdentity};
 
 /// Maps the configuration onto what the data path reads.
 pub fn proxy_settings(config: &Config) -> ProxySettings {
@@ -114,6 +121,15 @@ struct DnsSettings {
 }
 
 impl DnsSettings {
+    fn disabled() -> Self {
+        DnsSettings {
+            enabled: false,
+            bind: Vec::new(),
+            cluster_domain: crate::config::DEFAULT_CLUSTER_DOMAIN.to_string(),
+            upstreams: Vec::new(),
+        }
+    }
+
     fn from_config(config: &Config) -> Self {
         // Read even without DNS capture: on-demand DNS of hostname upstreams uses them too.
         let upstreams = crate::dns::resolv_conf_nameservers(crate::dns::RESOLV_CONF)
@@ -133,16 +149,39 @@ impl DnsSettings {
 /// The running data plane.
 pub enum DataPlane {
     Dedicated(Box<ProxyHandle>, Option<DnsHandle>),
-    Shared(tokio::task::JoinHandle<()>),
+    /// The workload proxy manager's task, and its per-pod state for `/config_dump`.
+    Shared(tokio::task::JoinHandle<()>, WorkloadStateView),
     Disabled,
 }
 
-struct PodProxies {
+/// Shared mode's pod proxies: one instance per pod, presenting the identity of the pod's
+/// `Workload` and keeping its certificate only while some pod on this node presents it.
+pub struct PodProxies {
     dns: DnsSettings,
     state: Arc<MeshState>,
-    certs: CertManager,
+    leases: Arc<IdentityLeases>,
     settings: ProxySettings,
     trust_domain: String,
+}
+
+impl PodProxies {
+    /// Pod proxies without DNS capture. `trust_domain` (`TRUST_DOMAIN`) stands in for a pod's
+    /// trust domain until its `Workload` is known. The proxies prefetch and forget identities
+    /// in `certs` as pods come and go, and only use certificates of identities they hold.
+    pub fn new(
+        state: Arc<MeshState>,
+        certs: CertManager,
+        settings: ProxySettings,
+        trust_domain: &str,
+    ) -> Self {
+        PodProxies {
+            dns: DnsSettings::disabled(),
+            state,
+            leases: IdentityLeases::new(certs),
+            settings,
+            trust_domain: trust_domain.to_string(),
+        }
+    }
 }
 
 impl PodProxyFactory for PodProxies {
@@ -151,35 +190,42 @@ impl PodProxyFactory for PodProxies {
         pod: PodInfo,
         sockets: Arc<InPodSocketFactory>,
     ) -> futures_util::future::BoxFuture<'static, Result<PodProxyHandle, String>> {
-        let workload = WorkloadInfo {
-            name: pod.name.clone(),
-            namespace: pod.namespace.clone(),
-            service_account: pod.service_account.clone(),
-            trust_domain: self.trust_domain.clone(),
-        };
-        self.certs.prefetch(&workload.identity());
+        let identity = ProxyIdentity::lease(
+            &self.leases,
+            self.state.clone(),
+            WorkloadInfo {
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                service_account: pod.service_account.clone(),
+                trust_domain: self.trust_domain.clone(),
+            },
+        );
         let sockets = sockets as Arc<dyn SocketFactory>;
         let dns_settings = self.dns.clone();
         let dns_state = self.state.clone();
         let dns_sockets = sockets.clone();
         let inputs = ProxyInputs {
             state: self.state.clone(),
-            certs: Arc::new(self.certs.clone()),
+            certs: identity.certificates(),
             sockets,
-            workload,
+            workload: identity.workload(),
             settings: self.settings.clone(),
             telemetry: Arc::new(DefaultTelemetry),
         };
         async move {
+            // A failed start drops `identity`, releasing it.
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
+            identity.attach(handle.server_identity());
             let dns = start_dns(&dns_settings, dns_state, dns_sockets, &pod.namespace);
-            info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid, dns = dns.is_some(), "pod proxy started");
+            info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid,
+                identity = %handle.identity(), dns = dns.is_some(), "pod proxy started");
             Ok(PodProxyHandle::new(move |deadline: Duration| {
                 async move {
                     handle.drain(deadline).await;
                     if let Some(dns) = dns {
                         dns.shutdown().await;
                     }
+                    drop(identity);
                 }
                 .boxed()
             }))
@@ -219,20 +265,24 @@ pub fn start(
                 .proxy_workload_info
                 .clone()
                 .ok_or("dedicated mode needs PROXY_WORKLOAD_INFO")?;
-            let workload = WorkloadInfo {
-                name: info.name,
-                namespace: info.namespace,
-                service_account: info.service_account,
-                trust_domain: config.trust_domain.clone(),
-            };
-            let identity = workload.identity();
-            certs.prefetch(&identity);
+            let identity = ProxyIdentity::lease(
+                &IdentityLeases::new(certs),
+                state.clone(),
+                WorkloadInfo {
+                    name: info.name,
+                    namespace: info.namespace,
+                    service_account: info.service_account,
+                    trust_domain: config.trust_domain.clone(),
+                },
+            );
+            let workload = identity.workload();
             // Ready only once the workload can present its certificate.
-            let waiting = certs.clone();
+            let waiting = identity.certificates();
             tokio::spawn(async move {
                 let mut delay = Duration::from_millis(200);
                 loop {
-                    match hbone::CertificateSource::certificate(&waiting, &identity).await {
+                    let identity = waiting.current();
+                    match hbone::CertificateSource::certificate(&*waiting, &identity).await {
                         Ok(_) => {
                             cert_ready.mark_ready();
                             return;
@@ -251,13 +301,15 @@ pub fn start(
             let namespace = workload.namespace.clone();
             let inputs = ProxyInputs {
                 state: state.clone(),
-                certs: Arc::new(certs),
+                certs: identity.certificates(),
                 sockets: sockets.clone(),
                 workload,
                 settings,
                 telemetry: Arc::new(DefaultTelemetry),
             };
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
+            identity.attach(handle.server_identity());
+            identity.keep();
             let dns = start_dns(&dns, state, sockets, &namespace);
             manager_ready.mark_ready();
             Ok(DataPlane::Dedicated(Box::new(handle), dns))
@@ -273,12 +325,10 @@ pub fn start(
             manager_config.shutdown_drain_timeout = config.termination_deadline;
             let factory = PodProxies {
                 dns,
-                state,
-                certs,
-                settings,
-                trust_domain: config.trust_domain.clone(),
+                ..PodProxies::new(state, certs, settings, &config.trust_domain)
             };
             let manager = WorkloadProxyManager::new(manager_config, Arc::new(factory));
+            let view = manager.state_view();
             let mut ready = manager.readiness();
             tokio::spawn(async move {
                 loop {
@@ -300,7 +350,7 @@ pub fn start(
                     tracing::error!(error = %e, "the workload proxy manager stopped; pods on this node are no longer proxied");
                 }
             });
-            Ok(DataPlane::Shared(task))
+            Ok(DataPlane::Shared(task, view))
         }
     }
 }

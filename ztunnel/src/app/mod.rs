@@ -16,7 +16,7 @@ use meshcore::drain::{Shutdown, ShutdownSignals};
 use meshcore::telemetry::{LogHandle, Prometheus, init_tracing};
 use tracing::{error, info, warn};
 
-use crate::admin::{AdminState, Readiness, start_admin, start_readiness, start_stats};
+use crate::admin::{AdminState, DumpSources, Readiness, start_admin, start_readiness, start_stats};
 use crate::config::Config;
 
 /// Runs the node proxy; returns the process exit code.
@@ -122,27 +122,19 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot start the proxy: {e}"))?;
 
-    let dump_state = control.state.clone();
-    let dump_certs = control.certs.clone();
-    let dump_xds = control.xds.clone();
     let admin = AdminState {
         config: config.clone(),
-        config_dump: Arc::new(move || {
-            let mut dump = dump_state.config_dump();
-            if let Some(obj) = dump.as_object_mut() {
-                obj.insert(
-                    "certificates".into(),
-                    serde_json::to_value(dump_certs.snapshot()).unwrap_or_default(),
-                );
-                if let Some(xds) = &dump_xds {
-                    obj.insert(
-                        "xds".into(),
-                        serde_json::to_value(xds.dump()).unwrap_or_default(),
-                    );
-                }
-            }
-            dump
-        }),
+        config_dump: DumpSources {
+            state: control.state.clone(),
+            certs: control.certs.clone(),
+            xds: control.xds.clone(),
+            workload_state: match &data {
+                data::DataPlane::Shared(_, view) => Some(view.clone()),
+                _ => None,
+            },
+            local_xds: config.local_xds.clone(),
+        }
+        .into_provider(),
         log,
         drain: drain.clone(),
     };
@@ -175,7 +167,7 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
                     dns.shutdown().await;
                 }
             }
-            data::DataPlane::Shared(task) => {
+            data::DataPlane::Shared(task, _) => {
                 let _ = task.await;
             }
             data::DataPlane::Disabled => {}

@@ -83,15 +83,28 @@ pub struct WorkloadInfo {
     pub name: String,
     pub namespace: String,
     pub service_account: String,
-    /// Trust domain of the identity the HBONE listener presents before the workload is known
-    /// (`TRUST_DOMAIN`, default `cluster.local`).
+    /// Trust domain of the identity the HBONE listener presents when the instance starts. The
+    /// app resolves it from the workload's `Workload` ([`WorkloadInfo::resolve_identity`]) and
+    /// falls back to `TRUST_DOMAIN` (default `cluster.local`) while the workload is unknown;
+    /// it switches the listener later with [`ProxyHandle::server_identity`].
     pub trust_domain: String,
 }
 
 impl WorkloadInfo {
-    /// The identity this workload presents: `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    /// The identity built from these fields: `spiffe://<td>/ns/<ns>/sa/<sa>`.
     pub fn identity(&self) -> Identity {
         Identity::new(&self.trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// The identity of this workload's `Workload` in the mesh state (its trust domain,
+    /// namespace and service account, as the control plane sent them), if it is known.
+    pub fn resolve_identity(&self, state: &MeshState) -> Option<Identity> {
+        state
+            .read()
+            .workloads_by_pod(&self.name, &self.namespace, &self.service_account)
+            .into_iter()
+            .next()
+            .map(|w| w.identity.clone())
     }
 }
 
@@ -435,6 +448,31 @@ pub fn baggage_of(w: &Workload) -> Baggage {
 /// A running proxy instance.
 pub struct Proxy;
 
+/// The identity an instance's HBONE listener presents: new connections get the certificate of
+/// the identity set last, and accept clients of its trust domain. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerIdentity(hbone::Server);
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ServerIdentity")
+            .field(&self.0.identity())
+            .finish()
+    }
+}
+
+impl ServerIdentity {
+    /// The identity presented to new connections.
+    pub fn get(&self) -> Identity {
+        self.0.identity()
+    }
+
+    /// Presents `identity` to new connections; established ones keep their session.
+    pub fn set(&self, identity: Identity) {
+        self.0.set_identity(identity);
+    }
+}
+
 /// Controls a running instance; dropping it stops the listeners and closes connections
 /// abruptly (use [`ProxyHandle::drain`] for a graceful stop).
 pub struct ProxyHandle {
@@ -629,8 +667,13 @@ impl ProxyHandle {
     }
 
     /// The identity the HBONE listener presents.
-    pub fn identity(&self) -> &Identity {
+    pub fn identity(&self) -> Identity {
         self.server.identity()
+    }
+
+    /// Switches the identity the HBONE listener presents (usable after the drain too).
+    pub fn server_identity(&self) -> ServerIdentity {
+        ServerIdentity(self.server.clone())
     }
 
     /// Connections being proxied right now (all directions).

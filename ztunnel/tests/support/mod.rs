@@ -1,7 +1,10 @@
 //! Shared helpers of the netns tests: named network namespaces, a tokio runtime on a thread
-//! inside one (a "node"), the capture rules and echo application of a node, and a telemetry
-//! sink that records every event.
+//! inside one (a "node"), the capture rules and echo application of a node, a telemetry sink
+//! that records every event, a scripted node agent ([`zds`]) and a gRPC CA ([`ca`]).
 #![allow(dead_code)]
+
+pub mod ca;
+pub mod zds;
 
 use std::fs::File;
 use std::future::Future;
