@@ -16,7 +16,7 @@ use state::{MeshState, Service, Workload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
-use ztunnel::dns::{DnsHandle, DnsInputs, DnsServer, ForwardSettings, SourceLabels};
+use ztunnel::dns::{DnsClient, DnsHandle, DnsInputs, DnsServer, ForwardSettings, SourceLabels};
 use ztunnel::socket::HostSocketFactory;
 
 const CART: &str = "cart.shop.svc.cluster.local.";
@@ -212,10 +212,10 @@ fn inputs(upstreams: Vec<SocketAddr>, forward: ForwardSettings) -> DnsInputs {
         client_namespace: "shop".into(),
         cluster_domain: "cluster.local".into(),
         upstreams,
-        source: SourceLabels {
+        source: DnsClient::Fixed(SourceLabels {
             canonical_service: "client".into(),
             canonical_revision: "v1".into(),
-        },
+        }),
         forward,
     }
 }

@@ -21,7 +21,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use proto::istio::workload as pb;
 use state::{MeshState, Service};
-use ztunnel::dns::{DnsInputs, DnsServer, ForwardSettings, SourceLabels, default_bind};
+use ztunnel::dns::{DnsClient, DnsInputs, DnsServer, ForwardSettings, SourceLabels, default_bind};
 use ztunnel::inpod::{InPodSocketFactory, NetnsHandle};
 
 mod support;
@@ -162,7 +162,7 @@ async fn in_pod_dns_proxy_answers_and_forwards_with_marked_sockets() {
         client_namespace: "shop".into(),
         cluster_domain: "cluster.local".into(),
         upstreams: vec![(RESOLVER.parse::<IpAddr>().unwrap(), 53).into()],
-        source: SourceLabels::default(),
+        source: DnsClient::Fixed(SourceLabels::default()),
         forward: ForwardSettings::default(),
     })
     .expect("DNS proxy starts in the pod");

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use ztunnel::app::data::PodProxies;
 use ztunnel::inpod::{
-    InPodSocketFactory, ManagerConfig, ManagerError, NetnsHandle, WorkloadProxyManager,
+    InPodSocketFactory, ManagerConfig, ManagerError, NetnsHandle, ProxyPhase, WorkloadProxyManager,
     WorkloadStateView,
 };
 use ztunnel::proxy::io::{Connector, FactoryDialer};
@@ -80,6 +80,11 @@ struct Ztunnel {
 
 impl Ztunnel {
     async fn start(mesh_yaml: &str) -> Ztunnel {
+        Self::start_with(mesh_yaml, |pods| pods).await
+    }
+
+    /// As [`Ztunnel::start`], with the pod proxies adjusted by `pods`.
+    async fn start_with(mesh_yaml: &str, pods: impl FnOnce(PodProxies) -> PodProxies) -> Ztunnel {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("info,ztunnel=debug,identity=debug")
@@ -95,7 +100,12 @@ impl Ztunnel {
             ..ProxySettings::default()
         };
         // No TRUST_DOMAIN: its default stands in until a pod's Workload is known.
-        let pods = PodProxies::new(state.clone(), certs.clone(), settings, "cluster.local");
+        let pods = pods(PodProxies::new(
+            state.clone(),
+            certs.clone(),
+            settings,
+            "cluster.local",
+        ));
         let dir = TempDir::new();
         let path = dir.0.join("ztunnel.sock");
         let agent = Agent::bind(&path);
@@ -124,12 +134,16 @@ impl Ztunnel {
 
     /// The agent adds pod `mesh/<name>` running as `sa` in `ns`; expects an ACK.
     fn add(&self, name: &str, sa: &str, ns: &Netns) {
+        assert_eq!(self.try_add(name, sa, ns), "", "add {name}");
+    }
+
+    /// The agent adds pod `mesh/<name>`; returns the ack's error ("" = ACK).
+    fn try_add(&self, name: &str, sa: &str, ns: &Netns) -> String {
         let fd = File::open(ns.path()).expect("open pod netns");
-        let ack = self.conn.request(
+        self.conn.request(
             &pod_add_msg(&format!("uid-{name}"), name, "mesh", sa),
             &[fd.as_raw_fd()],
-        );
-        assert_eq!(ack, "", "add {name}");
+        )
     }
 
     /// The agent deletes the pod; expects an ACK, then waits until its proxy has drained.
@@ -361,5 +375,57 @@ async fn netns_pod_to_pod_hbone_uses_the_workloads_trust_domain() {
     zt.del("client-0").await;
     drop(client);
     drop(server);
+    zt.stop().await;
+}
+
+/// With DNS capture on, a pod whose DNS proxy cannot bind its port is refused (the agent gets
+/// an error naming the cause and retries, the pod stays out of the proxy's state and its
+/// identity is released) instead of running with its DNS redirected to nothing; once the port
+/// is free the same add succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_pod_whose_dns_proxy_cannot_start_is_refused() {
+    let yaml = mesh(&[workload("d-0", "dns", "cluster.local", "10.79.0.9")]);
+    let dns_addr: SocketAddr = "127.0.0.1:15053".parse().unwrap();
+    let zt = Ztunnel::start_with(&yaml, |pods| {
+        pods.with_dns_capture(vec![dns_addr], Vec::new())
+    })
+    .await;
+    let ns = pod_netns("ztpp-dns");
+    // Something else already holds the pod's 15053/udp.
+    let squatter = ns
+        .thread(move || std::net::UdpSocket::bind(dns_addr))
+        .join()
+        .unwrap()
+        .expect("bind 15053 in the pod");
+    let err = zt.try_add("d-0", "dns", &ns);
+    assert!(err.contains("DNS proxy"), "{err}");
+    assert!(err.contains("15053"), "{err}");
+    let state = zt.view.state();
+    let pod = &state["uid-d-0"];
+    assert_eq!(pod.state, ProxyPhase::Pending, "{state:?}");
+    assert!(
+        pod.pending_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("15053"),
+        "{state:?}"
+    );
+    until("the refused pod's identity is released", || {
+        zt.identities().is_empty()
+    })
+    .await;
+
+    // The manager retries the pending pod; with the port free it comes up.
+    drop(squatter);
+    zt.snapshot_sent();
+    let view = zt.view.clone();
+    until("the pod proxy is up once 15053 is free", || {
+        view.state()
+            .get("uid-d-0")
+            .is_some_and(|p| p.state == ProxyPhase::Up)
+    })
+    .await;
+    zt.until_certificates(&[&id("cluster.local", "dns")]).await;
+    zt.del("d-0").await;
     zt.stop().await;
 }

@@ -20,7 +20,7 @@ use state::MeshState;
 use tracing::info;
 
 use crate::config::{Config, ProxyMode};
-use crate::dns::{DnsHandle, DnsInputs, DnsServer, ForwardSettings, SourceLabels};
+use crate::dns::{DnsClient, DnsHandle, DnsInputs, DnsServer, ForwardSettings};
 use crate::inpod::{
     InPodSocketFactory, ManagerConfig, PodInfo, PodProxyFactory, PodProxyHandle,
     WorkloadProxyManager, WorkloadStateView,
@@ -81,34 +81,35 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
     }
 }
 
-/// Starts the DNS proxy (15053) of one instance when DNS capture is on. A failure is logged
-/// and the proxy runs without it (DNS then simply is not captured for that workload).
+/// Starts the DNS proxy (15053) of one instance when DNS capture is on. A failure is the
+/// instance's failure: the redirection rules send the workload's DNS to 15053, so running
+/// without the proxy would silently break its name resolution.
 fn start_dns(
     dns: &DnsSettings,
     state: Arc<MeshState>,
     sockets: Arc<dyn SocketFactory>,
-    namespace: &str,
-) -> Option<DnsHandle> {
+    workload: &WorkloadInfo,
+) -> Result<Option<DnsHandle>, String> {
     if !dns.enabled {
-        return None;
+        return Ok(None);
     }
     let inputs = DnsInputs {
         state,
         sockets,
         bind: dns.bind.clone(),
-        client_namespace: namespace.to_string(),
+        client_namespace: workload.namespace.clone(),
         cluster_domain: dns.cluster_domain.clone(),
         upstreams: dns.upstreams.clone(),
-        source: SourceLabels::default(),
+        source: DnsClient::Pod {
+            name: workload.name.clone(),
+            namespace: workload.namespace.clone(),
+            service_account: workload.service_account.clone(),
+        },
         forward: ForwardSettings::default(),
     };
-    match DnsServer::start(inputs) {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            tracing::error!(namespace, error = %e, "DNS proxy not started: DNS of this workload is not captured");
-            None
-        }
-    }
+    DnsServer::start(inputs)
+        .map(Some)
+        .map_err(|e| format!("DNS proxy (DNS capture is on): {e}"))
 }
 
 /// What every instance's DNS proxy shares.
@@ -182,6 +183,22 @@ impl PodProxies {
             trust_domain: trust_domain.to_string(),
         }
     }
+
+    /// With DNS capture: each pod gets a DNS proxy on `bind` (inside its netns) forwarding to
+    /// `upstreams`; a pod whose DNS proxy cannot start is refused.
+    pub fn with_dns_capture(
+        mut self,
+        bind: Vec<std::net::SocketAddr>,
+        upstreams: Vec<std::net::SocketAddr>,
+    ) -> Self {
+        self.dns = DnsSettings {
+            enabled: true,
+            bind,
+            upstreams,
+            ..DnsSettings::disabled()
+        };
+        self
+    }
 }
 
 impl PodProxyFactory for PodProxies {
@@ -204,6 +221,12 @@ impl PodProxyFactory for PodProxies {
         let dns_settings = self.dns.clone();
         let dns_state = self.state.clone();
         let dns_sockets = sockets.clone();
+        let dns_workload = WorkloadInfo {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+            trust_domain: self.trust_domain.clone(),
+        };
         let inputs = ProxyInputs {
             state: self.state.clone(),
             certs: identity.certificates(),
@@ -216,7 +239,14 @@ impl PodProxyFactory for PodProxies {
             // A failed start drops `identity`, releasing it.
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
             identity.attach(handle.server_identity());
-            let dns = start_dns(&dns_settings, dns_state, dns_sockets, &pod.namespace);
+            let dns = match start_dns(&dns_settings, dns_state, dns_sockets, &dns_workload) {
+                Ok(dns) => dns,
+                Err(e) => {
+                    // Nothing was accepted yet worth keeping: close the listeners now.
+                    handle.drain(Duration::ZERO).await;
+                    return Err(e);
+                }
+            };
             info!(pod = %format!("{}/{}", pod.namespace, pod.name), uid = %pod.uid,
                 identity = %handle.identity(), dns = dns.is_some(), "pod proxy started");
             Ok(PodProxyHandle::new(move |deadline: Duration| {
@@ -298,7 +328,7 @@ pub fn start(
             let sockets: Arc<dyn SocketFactory> = Arc::new(HostSocketFactory {
                 mark: config.packet_mark,
             });
-            let namespace = workload.namespace.clone();
+            let dns_workload = workload.clone();
             let inputs = ProxyInputs {
                 state: state.clone(),
                 certs: identity.certificates(),
@@ -310,7 +340,8 @@ pub fn start(
             let handle = Proxy::start(inputs).map_err(|e| e.to_string())?;
             identity.attach(handle.server_identity());
             identity.keep();
-            let dns = start_dns(&dns, state, sockets, &namespace);
+            // A startup error: the process exits, closing the listeners.
+            let dns = start_dns(&dns, state, sockets, &dns_workload)?;
             manager_ready.mark_ready();
             Ok(DataPlane::Dedicated(Box::new(handle), dns))
         }

@@ -79,9 +79,44 @@ pub struct DnsInputs {
     pub cluster_domain: String,
     /// Upstream resolvers ([`resolv_conf_nameservers`] of [`RESOLV_CONF`]).
     pub upstreams: Vec<SocketAddr>,
-    /// Labels of the client workload for the metrics.
-    pub source: SourceLabels,
+    /// Whose queries these are, for the metrics' `source_*` labels.
+    pub source: DnsClient,
     pub forward: ForwardSettings,
+}
+
+/// The workload a DNS proxy instance answers for (the metrics' `source_*` labels).
+#[derive(Debug, Clone)]
+pub enum DnsClient {
+    /// Labels known up front (tests, or no workload).
+    Fixed(SourceLabels),
+    /// A pod: its `Workload` is looked up at each query (it may arrive after the proxy
+    /// starts, or change); `unknown` labels while there is none.
+    Pod {
+        name: String,
+        namespace: String,
+        service_account: String,
+    },
+}
+
+impl DnsClient {
+    fn labels(&self, state: &MeshState) -> SourceLabels {
+        match self {
+            DnsClient::Fixed(l) => l.clone(),
+            DnsClient::Pod {
+                name,
+                namespace,
+                service_account,
+            } => state
+                .read()
+                .workloads_by_pod(name, namespace, service_account)
+                .first()
+                .map(|w| SourceLabels {
+                    canonical_service: w.canonical_name.clone(),
+                    canonical_revision: w.canonical_revision.clone(),
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Why the DNS proxy could not start.
@@ -137,7 +172,7 @@ struct Ctx {
     search: SearchContext,
     upstreams: Vec<SocketAddr>,
     forward: ForwardSettings,
-    metrics: DnsMetrics,
+    client: DnsClient,
     in_flight: Arc<Semaphore>,
 }
 
@@ -171,7 +206,7 @@ impl DnsServer {
             search: SearchContext::new(&inputs.client_namespace, &inputs.cluster_domain),
             upstreams: inputs.upstreams,
             forward: inputs.forward,
-            metrics: DnsMetrics::new(&inputs.source),
+            client: inputs.source,
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         });
         let (stop, _) = watch::channel(false);
@@ -361,7 +396,8 @@ impl Ctx {
             .first()
             .map(|q| q.query_type().to_string())
             .unwrap_or_else(|| "unknown".to_string());
-        self.metrics.request(&qtype, transport);
+        let metrics = DnsMetrics::new(&self.client.labels(&self.state));
+        metrics.request(&qtype, transport);
         let limit = match transport {
             Transport::Udp => Some(response::udp_limit(&msg)),
             Transport::Tcp => None,
@@ -390,8 +426,7 @@ impl Ctx {
                     transport == Transport::Tcp,
                 )
                 .await;
-                self.metrics
-                    .upstream(&qtype, transport, started.elapsed(), result.is_err());
+                metrics.upstream(&qtype, transport, started.elapsed(), result.is_err());
                 match result {
                     Ok(resp) => match limit {
                         Some(limit) if resp.len() > limit => match Message::from_vec(&resp) {
@@ -410,5 +445,46 @@ impl Ctx {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::istio::workload as pb;
+
+    use super::*;
+
+    #[test]
+    fn a_pods_labels_follow_its_workload() {
+        let state = MeshState::default();
+        let client = DnsClient::Pod {
+            name: "cart-0".into(),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+        };
+        assert_eq!(
+            client.labels(&state),
+            SourceLabels::default(),
+            "unknown until the Workload arrives"
+        );
+        let w = state::Workload::try_from(pb::Workload {
+            uid: "Kubernetes//Pod/shop/cart-0".into(),
+            name: "cart-0".into(),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+            canonical_name: "cart".into(),
+            canonical_revision: "v2".into(),
+            addresses: vec![vec![10, 0, 0, 1]],
+            ..Default::default()
+        })
+        .unwrap();
+        state.insert_workload("Kubernetes//Pod/shop/cart-0", w);
+        assert_eq!(
+            client.labels(&state),
+            SourceLabels {
+                canonical_service: "cart".into(),
+                canonical_revision: "v2".into(),
+            }
+        );
     }
 }
