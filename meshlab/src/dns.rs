@@ -305,6 +305,16 @@ mod tests {
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     }
 
+    /// One query over TCP (length-prefixed), its answer.
+    async fn tcp_ask(addr: SocketAddr, query: &[u8]) -> Message {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_u16(query.len() as u16).await.unwrap();
+        c.write_all(query).await.unwrap();
+        let mut out = vec![0u8; usize::from(c.read_u16().await.unwrap())];
+        c.read_exact(&mut out).await.unwrap();
+        Message::from_vec(&out).unwrap()
+    }
+
     #[tokio::test]
     async fn serves_udp_and_tcp_and_reloads_the_zone() {
         let dir = std::env::temp_dir().join(format!("meshlab-dns-{}", std::process::id()));
@@ -332,12 +342,7 @@ mod tests {
             RecordType::A,
         ));
         let q = m.to_vec().unwrap();
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_u16(q.len() as u16).await.unwrap();
-        c.write_all(&q).await.unwrap();
-        let mut out = vec![0u8; usize::from(c.read_u16().await.unwrap())];
-        c.read_exact(&mut out).await.unwrap();
-        let r = Message::from_vec(&out).unwrap();
+        let r = tcp_ask(addr, &q).await;
         assert_eq!(ips(&r), vec![IpAddr::V4(Ipv4Addr::new(10, 96, 1, 4))]);
 
         // A rewritten zone is picked up (mtime granularity: make sure it moves).
@@ -348,12 +353,7 @@ mod tests {
             vec!["10.96.1.5".parse().unwrap()],
         );
         write_zone(&layout, &z).unwrap();
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_u16(q.len() as u16).await.unwrap();
-        c.write_all(&q).await.unwrap();
-        let mut out = vec![0u8; usize::from(c.read_u16().await.unwrap())];
-        c.read_exact(&mut out).await.unwrap();
-        let r = Message::from_vec(&out).unwrap();
+        let r = tcp_ask(addr, &q).await;
         assert_eq!(ips(&r), vec![IpAddr::V4(Ipv4Addr::new(10, 96, 1, 5))]);
         // A broken zone file keeps the last good records.
         std::thread::sleep(Duration::from_millis(20));

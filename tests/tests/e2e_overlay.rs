@@ -277,13 +277,10 @@ fn s12_opt_out_and_back_by_label(backend: Backend) {
     assert!(wire.only_hbone(), "{wire}");
 }
 
-/// A ServiceEntry (S36, ztunnel's part): an external service by name, with a `STATIC`
-/// endpoint (here a non-mesh pod standing in for a host outside the cluster). The DNS proxy
-/// answers the host with the VIP the control plane allocated, ztunnel captures the VIP and
-/// connects to the endpoint, and reports the entry's host as the destination service.
-#[test]
-fn service_entry_static_endpoint() {
-    let lab = start("se", Backend::Nftables);
+/// An ambient `default` namespace with sleep on node0, and httpbin (Service port 8000) on node1
+/// in the `outside` namespace, outside the mesh: what ServiceEntries point at.
+fn sleep_and_outside_httpbin(name: &str, backend: Backend) -> LabGuard {
+    let lab = start(name, backend);
     lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
         .unwrap();
     lab.apply_yaml(&format!(
@@ -299,6 +296,16 @@ fn service_entry_static_endpoint() {
         ),
     ))
     .unwrap();
+    lab
+}
+
+/// A ServiceEntry (S36, ztunnel's part): an external service by name, with a `STATIC`
+/// endpoint (here a non-mesh pod standing in for a host outside the cluster). The DNS proxy
+/// answers the host with the VIP the control plane allocated, ztunnel captures the VIP and
+/// connects to the endpoint, and reports the entry's host as the destination service.
+#[test]
+fn service_entry_static_endpoint() {
+    let lab = sleep_and_outside_httpbin("se", Backend::Nftables);
     let ip = wait_until("the outside httpbin has an IP", 20, || {
         pod_info(&lab, "outside", "httpbin").ip.ok_or("no IP yet")
     });
@@ -366,22 +373,7 @@ spec:
 /// ztunnel's DNS proxy.
 #[test]
 fn service_entry_dns_resolution() {
-    let lab = start("sedns", Backend::Iptables);
-    lab.label("ns", "", "default", "istio.io/dataplane-mode=ambient")
-        .unwrap();
-    lab.apply_yaml(&format!(
-        "{}---\n{}---\n{}",
-        namespace("outside", &[]),
-        app("default", "sleep", "curlimages/curl", "node0", None),
-        app(
-            "outside",
-            "httpbin",
-            "docker.io/kennethreitz/httpbin",
-            "node1",
-            Some((8000, 80))
-        ),
-    ))
-    .unwrap();
+    let lab = sleep_and_outside_httpbin("sedns", Backend::Iptables);
     lab.apply_yaml(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
