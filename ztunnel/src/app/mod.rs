@@ -92,11 +92,22 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
     let (drain, watch) = meshcore::drain::channel();
 
     let readiness = Readiness::default();
+    // The contract's task names: `state manager`, `proxy`, `dns proxy` (with DNS capture),
+    // `workload proxy manager` (shared mode: ZDS snapshot applied); dedicated mode also waits
+    // for its workload's certificate.
     let state_ready = readiness.register("state manager");
-    let proxy_ready = readiness.register(match config.proxy_mode {
-        crate::config::ProxyMode::Shared => "workload proxy manager",
-        crate::config::ProxyMode::Dedicated => "proxy",
-    });
+    let proxy_task = readiness.register("proxy");
+    let dns_ready = (config.proxy && config.dns_proxy).then(|| readiness.register("dns proxy"));
+    // `data::start` marks the first when the proxy is serving: the listeners in dedicated
+    // mode, the ZDS snapshot in shared mode (where the listeners are per pod and `proxy` is
+    // ready as soon as the pod proxies can be built).
+    let (proxy_ready, proxy_ready_after_start) = match config.proxy_mode {
+        crate::config::ProxyMode::Shared => (
+            readiness.register("workload proxy manager"),
+            Some(proxy_task),
+        ),
+        crate::config::ProxyMode::Dedicated => (proxy_task, None),
+    };
     let cert_ready = readiness.register("workload certificate");
 
     let revocations = match &config.crl_path {
@@ -121,6 +132,14 @@ async fn run(config: Config, log: LogHandle) -> Result<(), String> {
         revocations,
     )
     .map_err(|e| format!("cannot start the proxy: {e}"))?;
+    // Started: listeners (dedicated) or the pod proxy factory (shared), and the DNS proxy
+    // (dedicated; per pod in shared mode, where a failed one refuses its pod).
+    if let Some(task) = proxy_ready_after_start {
+        task.mark_ready();
+    }
+    if let Some(task) = dns_ready {
+        task.mark_ready();
+    }
 
     let admin = AdminState {
         config: config.clone(),
