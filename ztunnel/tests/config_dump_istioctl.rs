@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,15 +16,15 @@ use identity::CaClientError;
 use identity::manager::{CertManager, CertificateProvider};
 use mesh_testing::TestCa;
 use meshcore::drain;
-use meshcore::env::MapEnv;
 use meshcore::telemetry::{LogFormat, build_tracing};
 use proto::istio::security as sec;
 use proto::istio::workload as pb;
 use serde::Deserialize;
 use state::MeshState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztunnel::admin::{self, AdminState, DumpSources};
-use ztunnel::config::{Config, Host, ListenAddress, LocalXds};
+
+mod admin_support;
+use ztunnel::config::{Config, LocalXds};
 use ztunnel::inpod::WorkloadStateView;
 
 // ---- istioctl's types (istioctl/pkg/util/configdump for ztunnel), as Go decodes them ----
@@ -463,31 +462,14 @@ policies:
 ";
 
 fn config() -> Config {
-    let mut c = Config::from_env_on(
-        &MapEnv::from_iter([("ISTIO_META_ISTIO_VERSION", "1.28.0")]),
-        &Host {
-            base_dir: PathBuf::from("/nonexistent"),
-            cpus: 2,
-        },
-    )
-    .unwrap();
-    c.admin_addr = ListenAddress::Exact(SocketAddr::from(([127, 0, 0, 1], 0)));
-    c
+    admin_support::config(&[("ISTIO_META_ISTIO_VERSION", "1.28.0")])
 }
 
+/// The body of a `GET` that must answer 200.
 async fn get(addr: SocketAddr, target: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a full response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    let (status, head, body) = admin_support::send_raw(addr, "GET", target, &[]).await;
+    assert_eq!(status, 200, "{head}");
+    String::from_utf8(body).expect("a text body")
 }
 
 /// The dump as served on the admin port.

@@ -100,11 +100,7 @@ fn start_dns(
         client_namespace: workload.namespace.clone(),
         cluster_domain: dns.cluster_domain.clone(),
         upstreams: dns.upstreams.clone(),
-        source: DnsClient::Pod {
-            name: workload.name.clone(),
-            namespace: workload.namespace.clone(),
-            service_account: workload.service_account.clone(),
-        },
+        source: DnsClient::Pod(workload.clone()),
         forward: ForwardSettings::default(),
     };
     DnsServer::start(inputs)
@@ -207,26 +203,17 @@ impl PodProxyFactory for PodProxies {
         pod: PodInfo,
         sockets: Arc<InPodSocketFactory>,
     ) -> futures_util::future::BoxFuture<'static, Result<PodProxyHandle, String>> {
-        let identity = ProxyIdentity::lease(
-            &self.leases,
-            self.state.clone(),
-            WorkloadInfo {
-                name: pod.name.clone(),
-                namespace: pod.namespace.clone(),
-                service_account: pod.service_account.clone(),
-                trust_domain: self.trust_domain.clone(),
-            },
-        );
-        let sockets = sockets as Arc<dyn SocketFactory>;
-        let dns_settings = self.dns.clone();
-        let dns_state = self.state.clone();
-        let dns_sockets = sockets.clone();
         let dns_workload = WorkloadInfo {
             name: pod.name.clone(),
             namespace: pod.namespace.clone(),
             service_account: pod.service_account.clone(),
             trust_domain: self.trust_domain.clone(),
         };
+        let identity = ProxyIdentity::lease(&self.leases, self.state.clone(), dns_workload.clone());
+        let sockets = sockets as Arc<dyn SocketFactory>;
+        let dns_settings = self.dns.clone();
+        let dns_state = self.state.clone();
+        let dns_sockets = sockets.clone();
         let inputs = ProxyInputs {
             state: self.state.clone(),
             certs: identity.certificates(),

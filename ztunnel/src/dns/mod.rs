@@ -37,6 +37,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, warn};
 
+use crate::proxy::WorkloadInfo;
 use crate::socket::SocketFactory;
 
 pub use decide::{Answer, Decision, SearchContext, decide};
@@ -91,25 +92,15 @@ pub enum DnsClient {
     Fixed(SourceLabels),
     /// A pod: its `Workload` is looked up at each query (it may arrive after the proxy
     /// starts, or change); `unknown` labels while there is none.
-    Pod {
-        name: String,
-        namespace: String,
-        service_account: String,
-    },
+    Pod(WorkloadInfo),
 }
 
 impl DnsClient {
     fn labels(&self, state: &MeshState) -> SourceLabels {
         match self {
             DnsClient::Fixed(l) => l.clone(),
-            DnsClient::Pod {
-                name,
-                namespace,
-                service_account,
-            } => state
-                .read()
-                .workloads_by_pod(name, namespace, service_account)
-                .first()
+            DnsClient::Pod(workload) => workload
+                .find(state)
                 .map(|w| SourceLabels {
                     canonical_service: w.canonical_name.clone(),
                     canonical_revision: w.canonical_revision.clone(),
@@ -457,11 +448,12 @@ mod tests {
     #[test]
     fn a_pods_labels_follow_its_workload() {
         let state = MeshState::default();
-        let client = DnsClient::Pod {
+        let client = DnsClient::Pod(WorkloadInfo {
             name: "cart-0".into(),
             namespace: "shop".into(),
             service_account: "cart".into(),
-        };
+            trust_domain: "cluster.local".into(),
+        });
         assert_eq!(
             client.labels(&state),
             SourceLabels::default(),

@@ -99,12 +99,17 @@ impl WorkloadInfo {
     /// The identity of this workload's `Workload` in the mesh state (its trust domain,
     /// namespace and service account, as the control plane sent them), if it is known.
     pub fn resolve_identity(&self, state: &MeshState) -> Option<Identity> {
+        self.find(state).map(|w| w.identity.clone())
+    }
+
+    /// This workload's `Workload` in the mesh state (matched by pod name, namespace and
+    /// service account), if it is known.
+    pub fn find(&self, state: &MeshState) -> Option<Arc<Workload>> {
         state
             .read()
             .workloads_by_pod(&self.name, &self.namespace, &self.service_account)
             .into_iter()
             .next()
-            .map(|w| w.identity.clone())
     }
 }
 
@@ -302,16 +307,7 @@ impl ProxyCtx {
         {
             return Some(w.clone());
         }
-        let w = self
-            .state
-            .read()
-            .workloads_by_pod(
-                &self.workload.name,
-                &self.workload.namespace,
-                &self.workload.service_account,
-            )
-            .into_iter()
-            .next()?;
+        let w = self.workload.find(&self.state)?;
         *cached = Some((generation, w.clone()));
         Some(w)
     }
@@ -462,11 +458,6 @@ impl std::fmt::Debug for ServerIdentity {
 }
 
 impl ServerIdentity {
-    /// The identity presented to new connections.
-    pub fn get(&self) -> Identity {
-        self.0.identity()
-    }
-
     /// Presents `identity` to new connections; established ones keep their session.
     pub fn set(&self, identity: Identity) {
         self.0.set_identity(identity);
